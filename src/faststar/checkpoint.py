@@ -1,0 +1,196 @@
+"""Checkpoint reading and strict loading.
+
+Formats: a folder with ``model.safetensors.index.json`` and shards (the release's layout), a folder with one
+``*.safetensors``, a single ``.safetensors`` file, or a torch file (``.pth/.pt/.bin``) read with
+``weights_only=True`` (never a pickle with code execution), optionally unwrapped at a key (``"vae"``).
+Loading is strict: every missing, unexpected and mis-shaped key is listed in one error. Tensors are streamed
+one at a time into a model built on the meta device, cast to each parameter's dtype (bf16 blocks, fp32 rest).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+INDEX_NAME = "model.safetensors.index.json"
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+class TensorSource:
+    """Lazy access to the tensors of a checkpoint: names, shapes, and one tensor at a time."""
+
+    def __init__(self, path: str | os.PathLike, key: str | None = None):
+        self.path = Path(path)
+        self._files: dict[str, Path] = {}     # tensor name -> file (safetensors)
+        self._torch_sd: dict | None = None
+        p = self.path
+        if not p.exists():
+            raise CheckpointError(f"checkpoint not found: {p}")
+        if p.is_dir():
+            index = p / INDEX_NAME
+            if index.exists():
+                wm = json.loads(index.read_text())["weight_map"]
+                missing = sorted({f for f in wm.values() if not (p / f).exists()})
+                if missing:
+                    raise CheckpointError(f"{index} names shard files that are missing: {missing}")
+                self._files = {k: p / f for k, f in wm.items()}
+            else:
+                shards = sorted(p.glob("*.safetensors"))
+                if not shards:
+                    raise CheckpointError(f"no {INDEX_NAME} and no *.safetensors in {p}")
+                for f in shards:
+                    with safe_open(str(f), "pt") as h:
+                        for k in h.keys():
+                            self._files[k] = f
+        elif p.suffix == ".safetensors":
+            with safe_open(str(p), "pt") as h:
+                self._files = {k: p for k in h.keys()}
+        elif p.suffix in (".pth", ".pt", ".bin", ".ckpt"):
+            try:
+                sd = torch.load(str(p), map_location="cpu", weights_only=True, mmap=True)
+            except Exception as e:
+                raise CheckpointError(f"cannot read {p} as a weights-only torch file: {e}") from e
+            if key is not None:
+                if not isinstance(sd, dict) or key not in sd:
+                    raise CheckpointError(f"{p} has no top-level key {key!r} "
+                                          f"(found {sorted(sd)[:10] if isinstance(sd, dict) else type(sd)})")
+                sd = sd[key]
+            if not isinstance(sd, dict):
+                raise CheckpointError(f"{p} does not hold a state dict")
+            self._torch_sd = sd
+        else:
+            raise CheckpointError(f"unknown checkpoint format: {p} (expected a folder, .safetensors or .pth)")
+        if key is not None and self._files:
+            pre = key + "."
+            self._files = {k[len(pre):]: f for k, f in self._files.items() if k.startswith(pre)}
+
+    def keys(self) -> list[str]:
+        return list(self._torch_sd) if self._torch_sd is not None else list(self._files)
+
+    def shapes(self) -> dict[str, tuple]:
+        if self._torch_sd is not None:
+            return {k: tuple(v.shape) for k, v in self._torch_sd.items()}
+        out = {}
+        by_file: dict[Path, list[str]] = {}
+        for k, f in self._files.items():
+            by_file.setdefault(f, []).append(k)
+        for f, ks in by_file.items():
+            with safe_open(str(f), "pt") as h:
+                for k in ks:
+                    out[k] = tuple(h.get_slice(k).get_shape())
+        return out
+
+    def items(self):
+        """Yield (name, tensor) one at a time (file by file for safetensors)."""
+        if self._torch_sd is not None:
+            yield from self._torch_sd.items()
+            return
+        by_file: dict[Path, list[str]] = {}
+        for k, f in self._files.items():
+            by_file.setdefault(f, []).append(k)
+        for f, ks in by_file.items():
+            with safe_open(str(f), "pt") as h:
+                for k in ks:
+                    yield k, h.get_tensor(k)
+
+
+def compare_keys(expected: dict[str, tuple], found: dict[str, tuple]) -> tuple[list, list, list]:
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    mismatched = sorted((k, tuple(expected[k]), tuple(found[k])) for k in set(expected) & set(found)
+                        if tuple(expected[k]) != tuple(found[k]))
+    return missing, unexpected, mismatched
+
+
+def format_key_report(missing, unexpected, mismatched, limit: int = 40) -> str:
+    lines = []
+
+    def block(title, items):
+        if items:
+            lines.append(f"{title} ({len(items)}):")
+            lines.extend(f"  {x}" for x in items[:limit])
+            if len(items) > limit:
+                lines.append(f"  ... and {len(items) - limit} more")
+
+    block("missing keys", missing)
+    block("unexpected keys", unexpected)
+    block("shape mismatches (key, expected, found)", mismatched)
+    return "\n".join(lines)
+
+
+def expected_entries(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and persistent buffers, as state_dict() would list them, without copying."""
+    return dict(model.state_dict(keep_vars=True))
+
+
+def load_checkpoint(model: torch.nn.Module, source: TensorSource | str | os.PathLike, *, strict: bool = True,
+                    what: str = "model") -> dict:
+    """Stream the checkpoint's tensors into ``model`` (which may live on any device, or be on meta: then it is
+    materialised on the CPU). Each tensor is cast to the parameter's dtype. Strict: any key problem raises one
+    CheckpointError that lists them all."""
+    src = source if isinstance(source, TensorSource) else TensorSource(source)
+    entries = expected_entries(model)
+    expected = {k: tuple(v.shape) for k, v in entries.items()}
+    missing, unexpected, mismatched = compare_keys(expected, src.shapes())
+    if strict and (missing or unexpected or mismatched):
+        raise CheckpointError(f"{what} checkpoint {src.path} does not match the model:\n"
+                              + format_key_report(missing, unexpected, mismatched))
+    if any(v.is_meta for v in entries.values()):
+        model.to_empty(device="cpu")
+        entries = expected_entries(model)
+    loaded = 0
+    with torch.no_grad():
+        for k, t in src.items():
+            if k in entries and tuple(entries[k].shape) == tuple(t.shape):
+                entries[k].copy_(t.to(entries[k].dtype))
+                loaded += 1
+    return dict(loaded=loaded, missing=missing, unexpected=unexpected, mismatched=mismatched)
+
+
+def transformer_config_from_shapes(shapes: dict[str, tuple], **extra):
+    """Read the architecture from the checkpoint's shapes instead of trusting flags."""
+    from .config import TransformerConfig
+    need = ["word_embed.weight", "text_proj.weight", "cfg_uncond", "head.weight", "semantic_head2.weight"]
+    miss = [k for k in need if k not in shapes]
+    if miss:
+        raise CheckpointError(f"not an InfinityStar transformer checkpoint: missing {miss}")
+    C, d_vae = shapes["word_embed.weight"]
+    Ct = shapes["text_proj.weight"][1]
+    blocks = sorted({tuple(int(x) for x in k.split(".")[1:4:2]) for k in shapes if k.startswith("block_chunks.")})
+    if not blocks:
+        raise CheckpointError("no block_chunks.* keys in the checkpoint")
+    chunks = max(c for c, _ in blocks) + 1
+    depth = len(blocks)
+    D = shapes["block_chunks.0.module.0.attn.q_norm.weight"][0]
+    K = shapes["block_chunks.0.module.0.attn.k_proj.weight"][0] // D
+    M = shapes["block_chunks.0.module.0.mlp.gate_proj.weight"][0]
+    cfg = TransformerConfig(depth=depth, width=C, num_heads=C // D, num_kv_heads=K, mlp_ratio=M / C,
+                            text_channels=Ct, cfg_uncond_len=shapes["cfg_uncond"][0], d_vae=d_vae,
+                            semantic_bits=shapes["semantic_head2.weight"][0] // 2,
+                            detail_bits=shapes["head.weight"][0] // 2, block_chunks=chunks, **extra)
+    if cfg.mlp_hidden != M:
+        raise CheckpointError(f"MLP hidden size {M} is not reproducible from width {C}")
+    return cfg
+
+
+def load_transformer(path: str | os.PathLike, *, device="cpu", dtype: torch.dtype = torch.bfloat16,
+                     name: str | None = None):
+    """Build the transformer that the checkpoint describes and load it strictly.
+
+    Blocks are cast to ``dtype`` (bf16 as the release runs them); embeddings, heads and cfg_uncond stay fp32.
+    """
+    from .model.transformer import STARTransformer
+    src = TensorSource(path)
+    cfg = transformer_config_from_shapes(src.shapes(), name=name or Path(path).name)
+    with torch.device("meta"):
+        model = STARTransformer(cfg)
+    model.cast_blocks_(dtype)            # on meta: no memory yet
+    model.to_empty(device=device)
+    load_checkpoint(model, src, what="transformer")
+    return model.eval().requires_grad_(False)

@@ -1,0 +1,233 @@
+"""The STAR transformer (InfinityStar ``infinity_qwen*``) in plain PyTorch.
+
+Qwen-style pre-RMSNorm blocks: x + Attn(RMSNorm(x)), then x + SwiGLU(RMSNorm(x)). Attention is GQA with RMSNorm
+on q and k per head, 4-D RoPE, no biases, no mask, no cross-attention: the text enters as prefix tokens whose K/V
+are cached once. Two bitwise heads run in fp32: ``semantic_head2`` (2 logits x 16 bits) and ``head``
+(2 logits x 64 bits). Parameter names equal the release's state-dict keys (``block_chunks.{c}.module.{j}.*``).
+
+The forward is dumb on purpose: tokens, rotary tables and a cache in, hidden states out. The generation loop,
+guidance, sampling and accelerators live elsewhere.
+Letters: B batch (CFG rows), N tokens, C width, H query heads, K kv heads, D head dim, L text tokens.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import TransformerConfig
+from .attention import BACKENDS, select_backend
+from .cache import KVCache
+from .rope import apply_rope
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return y.to(x.dtype) * weight.to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        return rms_norm(x, self.weight, self.eps)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        C, H, K, D = cfg.width, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.H, self.K, self.D = H, K, D
+        self.q_proj = nn.Linear(C, H * D, bias=False)
+        self.k_proj = nn.Linear(C, K * D, bias=False)
+        self.v_proj = nn.Linear(C, K * D, bias=False)
+        self.o_proj = nn.Linear(H * D, C, bias=False)
+        self.q_norm = RMSNorm(D, cfg.rms_eps)
+        self.k_norm = RMSNorm(D, cfg.rms_eps)
+        self.wqkv: torch.Tensor | None = None    # fused view set by fuse_()
+
+    def fuse_(self):
+        """Concatenate q/k/v weights into one matrix; the three Linear weights become views of it."""
+        w = torch.cat([self.q_proj.weight.data, self.k_proj.weight.data, self.v_proj.weight.data], 0)
+        a, b = self.q_proj.out_features, self.k_proj.out_features
+        self.q_proj.weight = nn.Parameter(w[:a], requires_grad=False)
+        self.k_proj.weight = nn.Parameter(w[a:a + b], requires_grad=False)
+        self.v_proj.weight = nn.Parameter(w[a + b:], requires_grad=False)
+        self.wqkv = w
+
+    def forward(self, x_BNC, cos, sin, cache: KVCache, layer: int, attn_fn):
+        B, N, _ = x_BNC.shape
+        if self.wqkv is not None:
+            q, k, v = F.linear(x_BNC, self.wqkv).split([self.H * self.D, self.K * self.D, self.K * self.D], -1)
+        else:
+            q, k, v = self.q_proj(x_BNC), self.k_proj(x_BNC), self.v_proj(x_BNC)
+        q = self.q_norm(q.view(B, N, self.H, self.D))
+        k = self.k_norm(k.view(B, N, self.K, self.D))
+        v = v.view(B, N, self.K, self.D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k_all, v_all = cache.update(layer, k, v)
+        o = attn_fn(q, k_all, v_all)                       # [B, N, H, D]
+        return self.o_proj(o.reshape(B, N, self.H * self.D))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.width, cfg.mlp_hidden, bias=False)
+        self.up_proj = nn.Linear(cfg.width, cfg.mlp_hidden, bias=False)
+        self.down_proj = nn.Linear(cfg.mlp_hidden, cfg.width, bias=False)
+        self.w_gate_up: torch.Tensor | None = None
+
+    def fuse_(self):
+        w = torch.cat([self.gate_proj.weight.data, self.up_proj.weight.data], 0)
+        m = self.gate_proj.out_features
+        self.gate_proj.weight = nn.Parameter(w[:m], requires_grad=False)
+        self.up_proj.weight = nn.Parameter(w[m:], requires_grad=False)
+        self.w_gate_up = w
+
+    def forward(self, x):
+        if self.w_gate_up is not None:
+            g, u = F.linear(x, self.w_gate_up).chunk(2, -1)
+        else:
+            g, u = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(g) * u)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.width, cfg.rms_eps)
+        self.attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.width, cfg.rms_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, cache, layer, attn_fn):
+        x = x + self.attn(self.input_layernorm(x), cos, sin, cache, layer, attn_fn)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class BlockChunk(nn.Module):
+    """Only here so that parameter names match the release (block_chunks.{c}.module.{j})."""
+
+    def __init__(self, blocks: list[Block]):
+        super().__init__()
+        self.module = nn.ModuleList(blocks)
+
+
+class STARTransformer(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        C = cfg.width
+        self.cfg_uncond = nn.Parameter(torch.zeros(cfg.cfg_uncond_len, cfg.text_channels))
+        self.sos_token = nn.Parameter(torch.zeros(1, 1, C))         # in the release's state dict; unused
+        self.text_proj = nn.Linear(cfg.text_channels, C)
+        self.word_embed = nn.Linear(cfg.d_vae, C)
+        per = cfg.depth // cfg.block_chunks
+        self.block_chunks = nn.ModuleList(
+            BlockChunk([Block(cfg) for _ in range(per)]) for _ in range(cfg.block_chunks))
+        self.norm_hidden_sates = RMSNorm(C, cfg.rms_eps)            # (sic) the release's key name
+        self.head = nn.Linear(C, 2 * cfg.detail_bits)
+        self.semantic_head2 = nn.Linear(C, 2 * cfg.semantic_bits)
+        self.attn_backend = "sdpa"
+
+    # -- structure ------------------------------------------------------------------------------------------------
+    @property
+    def layers(self) -> list[Block]:
+        return [b for chunk in self.block_chunks for b in chunk.module]
+
+    @property
+    def block_dtype(self) -> torch.dtype:
+        return self.block_chunks[0].module[0].input_layernorm.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.word_embed.weight.device
+
+    def extra_repr(self) -> str:
+        return f"attn_backend={self.attn_backend}"
+
+    def set_attention_backend(self, name: str = "auto") -> str:
+        self.attn_backend = select_backend(name, self.device, self.block_dtype)
+        return self.attn_backend
+
+    def fuse_projections_(self) -> "STARTransformer":
+        """Fuse q/k/v and gate/up weights for speed (inference only; call after the final .to())."""
+        for blk in self.layers:
+            blk.attn.fuse_()
+            blk.mlp.fuse_()
+        return self
+
+    def cast_blocks_(self, dtype: torch.dtype) -> "STARTransformer":
+        """Blocks in `dtype` (bf16 as the release runs them), everything else stays fp32."""
+        self.block_chunks.to(dtype)
+        return self
+
+    def new_cache(self, max_len: int, batch: int = 2) -> KVCache:
+        c = self.cfg
+        return KVCache(c.depth, batch, max_len, c.num_kv_heads, c.head_dim, dtype=self.block_dtype,
+                       device=self.device)
+
+    # -- pieces of a step -----------------------------------------------------------------------------------------
+    def text_prefix(self, text_LC: torch.Tensor, uncond_LC: torch.Tensor | None = None, batch: int = 2
+                    ) -> torch.Tensor:
+        """[B, L, C] prefix tokens: row 0 the prompt, row 1 the null text (cfg_uncond[:L]) or a negative prompt."""
+        L = text_LC.shape[0]
+        if uncond_LC is None:
+            if L > self.cfg_uncond.shape[0]:
+                raise ValueError(f"text has {L} tokens but cfg_uncond holds {self.cfg_uncond.shape[0]}")
+            uncond_LC = self.cfg_uncond[:L]
+        if uncond_LC.shape != text_LC.shape:
+            raise ValueError(f"negative prompt embedding {tuple(uncond_LC.shape)} must match the prompt's "
+                             f"{tuple(text_LC.shape)} (there is no attention mask)")
+        rows = [text_LC, uncond_LC][:batch]
+        x = torch.stack([r.to(self.text_proj.weight) for r in rows])
+        return self.text_proj(x)
+
+    def embed(self, x_N64: torch.Tensor) -> torch.Tensor:
+        """Canvas view tokens [N, 64] -> [N, C] in fp32."""
+        return self.word_embed(x_N64.to(self.word_embed.weight.dtype))
+
+    def forward_blocks(self, x_BNC: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache,
+                       layer_outputs: list | None = None, layers: range | None = None) -> torch.Tensor:
+        """Run blocks ``layers`` (default all) on x; each writes its K/V after the cache prefix and attends to it."""
+        attn_fn = BACKENDS[self.attn_backend]
+        x = x_BNC.to(self.block_dtype)
+        blocks = self.layers
+        for i in (layers if layers is not None else range(len(blocks))):
+            x = blocks[i](x, cos, sin, cache, i, attn_fn)
+            if layer_outputs is not None:
+                layer_outputs.append(x)
+        return x
+
+    def logits(self, h_BNC: torch.Tensor, bits: int) -> torch.Tensor:
+        """Final RMSNorm, then the bitwise head in fp32: [B, N, 2 * bits], pair (2k, 2k+1) = bit k is (0, 1)."""
+        y = self.norm_hidden_sates(h_BNC).float()
+        head = self.semantic_head2 if bits == self.cfg.semantic_bits else self.head
+        if head.out_features != 2 * bits:
+            raise ValueError(f"no head for {bits} bits per token")
+        with torch.autocast(device_type=y.device.type, enabled=False):
+            return F.linear(y, head.weight.float(), head.bias.float())
+
+    def forward(self, x_BNC, cos, sin, cache):  # for tools that expect a forward
+        return self.forward_blocks(x_BNC, cos, sin, cache)
+
+
+def build_transformer(name_or_cfg: str | TransformerConfig = "infinitystar-8b", device=None,
+                      dtype: torch.dtype | None = None, **overrides) -> STARTransformer:
+    """Build a named preset (``"infinitystar-8b"``, ``"golden-tiny"``, ``"testbed"``) or a config.
+
+    ``device="meta"`` builds without memory (e.g. to inspect the state-dict layout). ``dtype`` casts the blocks
+    only (heads, embeddings, text projection and cfg_uncond stay fp32, as the release runs them).
+    """
+    from ..config import transformer_config
+    cfg = name_or_cfg if isinstance(name_or_cfg, TransformerConfig) else transformer_config(name_or_cfg, **overrides)
+    with torch.device(device or "cpu"):
+        model = STARTransformer(cfg)
+    if dtype is not None:
+        model.cast_blocks_(dtype)
+    return model

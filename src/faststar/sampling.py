@@ -1,0 +1,76 @@
+"""Guidance and bitwise sampling: pure tensor functions.
+
+Logits of a step are [N, 2d]; pair (2k, 2k+1) holds the logits of bit k taking 0 and 1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    mode: str = "apg"            # "apg" (release), "cfg" (classic), or "none" (conditional branch only)
+    scale: float = 34.0          # the release's APG scale
+    norm_threshold: float = 0.05  # APG: the difference is scaled down to this RMS over the whole step
+    eta: float = 0.0             # APG: weight of the component parallel to the conditional logits
+
+    def __post_init__(self):
+        if self.mode not in ("apg", "cfg", "none"):
+            raise ValueError(f"guidance mode must be 'apg', 'cfg' or 'none', got {self.mode!r}")
+
+    @property
+    def needs_uncond(self) -> bool:
+        return self.mode != "none" and self.scale != 1.0
+
+
+def apg(cond: torch.Tensor, uncond: torch.Tensor, scale: float, norm_threshold: float = 0.05,
+        eta: float = 0.0) -> torch.Tensor:
+    """Adaptive projected guidance over one step (all tokens, all logits).
+
+    diff = cond - uncond, scaled so that its RMS is at most ``norm_threshold``; its projection on the normalized
+    cond (computed in float64) is split off; guided = cond + (scale - 1) * (perp + eta * parallel).
+    """
+    diff = cond - uncond
+    if norm_threshold > 0:
+        rms = diff.norm() * (1.0 / diff.numel() ** 0.5)
+        diff = diff * torch.clamp(norm_threshold / rms, max=1.0)
+    c64, d64 = cond.double(), diff.double()
+    unit = c64 / c64.norm().clamp_min(1e-12)
+    par64 = (d64 * unit).sum() * unit
+    par, perp = par64.to(cond.dtype), (d64 - par64).to(cond.dtype)
+    return cond + (scale - 1) * (perp + eta * par)
+
+
+def guide(cond: torch.Tensor, uncond: torch.Tensor | None, tau: float, g: GuidanceConfig) -> torch.Tensor:
+    """Temperature, then guidance. ``uncond`` None means single-branch (no guidance)."""
+    c = cond * (1.0 / tau)
+    if uncond is None or not g.needs_uncond:
+        return c
+    u = uncond * (1.0 / tau)
+    if g.mode == "apg":
+        return apg(c, u, g.scale, g.norm_threshold, g.eta)
+    return g.scale * c + (1 - g.scale) * u
+
+
+def step_generator(seed: int, step: int, device) -> torch.Generator:
+    """The random stream of one step, independent of what earlier steps drew."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed((int(seed) * 1_000_003 + 7919 * (int(step) + 1)) % (2 ** 63 - 1))
+    return gen
+
+
+def step_uniforms(seed: int, step: int, num_tokens: int, bits: int, device) -> torch.Tensor:
+    """Uniform numbers for the whole (tokens x bits) grid of a step: a kept token uses its own row."""
+    return torch.rand(num_tokens, bits, generator=step_generator(seed, step, device), device=device)
+
+
+def sample_bits(logits_N2d: torch.Tensor, u_Nd: torch.Tensor, check_nan: bool = True) -> torch.Tensor:
+    """Per-bit sampling from the 2-way softmax: bit = 1 where u < p(1). Returns uint8 [N, d]."""
+    N = logits_N2d.shape[0]
+    pair = logits_N2d.float().view(N, -1, 2)
+    p1 = torch.sigmoid(pair[..., 1] - pair[..., 0])
+    if check_nan and torch.isnan(p1).any():
+        raise FloatingPointError("NaN in the logits of this step (check the weights and the dtype)")
+    return (u_Nd < p1).to(torch.uint8)

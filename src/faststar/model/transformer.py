@@ -59,7 +59,7 @@ class Attention(nn.Module):
         self.v_proj.weight = nn.Parameter(w[a + b:], requires_grad=False)
         self.wqkv = w
 
-    def forward(self, x_BNC, cos, sin, cache: KVCache, layer: int, attn_fn):
+    def forward(self, x_BNC, cos, sin, cache: KVCache | None, layer: int, attn_fn, attn_mask=None):
         B, N, _ = x_BNC.shape
         if self.wqkv is not None:
             q, k, v = F.linear(x_BNC, self.wqkv).split([self.H * self.D, self.K * self.D, self.K * self.D], -1)
@@ -69,8 +69,12 @@ class Attention(nn.Module):
         k = self.k_norm(k.view(B, N, self.K, self.D))
         v = v.view(B, N, self.K, self.D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        k_all, v_all = cache.update(layer, k, v)
-        o = attn_fn(q, k_all, v_all)                       # [B, N, H, D]
+        if cache is None:     # packed training forward: all steps in one sequence, visibility by mask
+            o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               attn_mask=attn_mask, enable_gqa=self.H != self.K).transpose(1, 2)
+        else:
+            k_all, v_all = cache.update(layer, k, v)
+            o = attn_fn(q, k_all, v_all)                   # [B, N, H, D]
         return self.o_proj(o.reshape(B, N, self.H * self.D))
 
 
@@ -105,8 +109,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.width, cfg.rms_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, cache, layer, attn_fn):
-        x = x + self.attn(self.input_layernorm(x), cos, sin, cache, layer, attn_fn)
+    def forward(self, x, cos, sin, cache, layer, attn_fn, attn_mask=None):
+        x = x + self.attn(self.input_layernorm(x), cos, sin, cache, layer, attn_fn, attn_mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -212,6 +216,15 @@ class STARTransformer(nn.Module):
             raise ValueError(f"no head for {bits} bits per token")
         with torch.autocast(device_type=y.device.type, enabled=False):
             return F.linear(y, head.weight.float(), head.bias.float())
+
+    def forward_packed(self, x_BNC: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                       attn_mask: torch.Tensor) -> torch.Tensor:
+        """Training forward: text and every step of a sample packed in one sequence; ``attn_mask`` [N, N] (bool,
+        True = may attend) encodes who sees whom (text: text; a step: its text, its reference step, itself)."""
+        x = x_BNC.to(self.block_dtype)
+        for i, blk in enumerate(self.layers):
+            x = blk(x, cos, sin, None, i, None, attn_mask)
+        return x
 
     def forward(self, x_BNC, cos, sin, cache):  # for tools that expect a forward
         return self.forward_blocks(x_BNC, cos, sin, cache)

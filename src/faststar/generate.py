@@ -57,7 +57,7 @@ def generate(model: STARTransformer, schedule: Schedule, text_LC: torch.Tensor, 
     skip_unread_forwards: a teacher-forced step whose K/V nothing reads later runs no forward (same result).
     record: optional dict that receives the golden-format tensors of every step (input_embeds, logits_*, canvas,
     rope_pos, layer outputs for steps in record_layers). progress: optional callable(step, schedule) per step.
-    time_steps: synchronize the device around each step for per-step wall times (benchmarks).
+    time_steps: per-step device time with CUDA events (or a synchronized host clock on CPU), for benchmarks.
     """
     cfg = model.cfg
     dev = model.device
@@ -92,15 +92,21 @@ def generate(model: STARTransformer, schedule: Schedule, text_LC: torch.Tensor, 
     canvas = prev_canvas = None
     nan_flags = []
     t_start = time.perf_counter()
+    events = []
+    use_events = time_steps and dev.type == "cuda"
     for st in schedule.steps:
         s = st.scale
         ts = time.perf_counter()
+        if use_events:
+            ev0 = torch.cuda.Event(enable_timing=True)
+            ev0.record()
         t_c, H, W = schedule.clip_thw[s.clip]
         if s.index_in_clip == 0 and st.rep == 0:
             if canvas is not None:
                 prev_canvas = canvas
             canvas = torch.zeros(1, cfg.d_vae, t_c, H, W, device=dev)
         N = s.num_tokens
+        ref_tok = cache.ref_len if s.ref_scale is not None else 0     # context this step attends to
         is_ref = schedule.is_ref_step(st)
         forced = teacher_bits.get(st.index)
         x_view = area_down(canvas, s.thw)
@@ -187,11 +193,14 @@ def generate(model: STARTransformer, schedule: Schedule, text_LC: torch.Tensor, 
             canvases.append(canvas)
         # accounting
         n_run = 0 if not plan.run else (N if keep is None else int(keep.numel()))
-        ref_tok = cache.ref_len if s.ref_scale is not None else 0
         lin, att = step_flops(n_run, L + ref_tok + n_run, batch=branches, **kw)
         lin_d, att_d = step_flops(N, L + (schedule.scales[s.ref_scale].num_tokens if s.ref_scale is not None else 0)
                                   + N, batch=batch, **kw)
-        if time_steps:
+        if use_events:
+            ev1 = torch.cuda.Event(enable_timing=True)
+            ev1.record()
+            events.append((len(stats), ev0, ev1))
+        elif time_steps:
             _sync(dev)
         stats.append(dict(step=st.index, scale=s.index, clip=s.clip, thw=list(s.thw), rep=st.rep, tokens=N,
                           tokens_run=n_run, branches=branches if plan.run else 0, dense_branches=batch,
@@ -203,5 +212,7 @@ def generate(model: STARTransformer, schedule: Schedule, text_LC: torch.Tensor, 
         if bool(flag):
             raise FloatingPointError(f"NaN in the guided logits of step {k}: check the weights and the dtype")
     _sync(dev)
+    for i, e0, e1 in events:
+        stats[i]["time_s"] = e0.elapsed_time(e1) / 1000.0
     return GenerationOutput(latent=torch.cat(canvases, dim=2), bits=bits_out, masks=masks, stats=stats,
                             text_time_s=text_time, total_time_s=time.perf_counter() - t_start + text_time)

@@ -1,0 +1,153 @@
+"""GPU latency benchmark at full size with random weights (timing does not depend on weight values).
+
+Builds the named transformer preset (default the released 8B architecture) directly on the GPU in bf16, runs the
+official schedules dense and with each requested accelerator, and reports per-step / per-scale device time
+(CUDA events), total transformer time, optional VAE decode time, peak memory and achieved TFLOP/s from the FLOP
+model. Every method is measured in the same process after a warm-up run, and reported as ratios against dense.
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from .generate import generate
+from .model.transformer import STARTransformer, build_transformer
+from .sampling import GuidanceConfig
+from .schedule import official_schedule, schedule_flops
+
+
+@torch.no_grad()
+def random_init_(module: torch.nn.Module, seed: int = 0, std: float = 0.02) -> None:
+    """Fill a (possibly just materialised) module with random values: norms 1, biases 0, weights N(0, std^2)."""
+    gen = None
+    for name, p in module.named_parameters():
+        if gen is None or gen.device != p.device:
+            gen = torch.Generator(device=p.device).manual_seed(seed)
+        if name.endswith("bias"):
+            p.zero_()
+        elif p.ndim == 1 or "norm" in name or name.endswith("gamma"):
+            p.fill_(1.0)
+        else:
+            p.normal_(0.0, std, generator=gen)
+
+
+def build_random_transformer(preset: str = "infinitystar-8b", device="cuda", dtype=torch.bfloat16,
+                             backend: str = "auto", seed: int = 0) -> STARTransformer:
+    model = build_transformer(preset, device="meta")
+    model.cast_blocks_(dtype)
+    model.to_empty(device=device)
+    random_init_(model, seed)
+    model.eval().requires_grad_(False)
+    model.fuse_projections_()
+    model.set_attention_backend(backend)
+    return model
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
+                                       stderr=subprocess.DEVNULL).strip()
+    except Exception:
+        return "unknown"
+
+
+def per_scale(stats: list[dict]) -> list[dict]:
+    out: dict[int, dict] = {}
+    for s in stats:
+        d = out.setdefault(s["scale"], dict(scale=s["scale"], thw=s["thw"], tokens=s["tokens"], reps=0,
+                                            tokens_run=0, time_ms=0.0, flops=0.0, flops_dense=0.0))
+        d["reps"] += 1
+        d["tokens_run"] += s["tokens_run"]
+        d["time_ms"] += 1000 * s["time_s"]
+        d["flops"] += s["flops"]
+        d["flops_dense"] += s["flops_dense"]
+    return list(out.values())
+
+
+def time_one(model, schedule, text, *, seed: int, accelerator=None, guidance=GuidanceConfig(),
+             vae=None) -> dict:
+    dev = model.device
+    torch.cuda.synchronize(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    out = generate(model, schedule, text, seed=seed, guidance=guidance, accelerator=accelerator, time_steps=True)
+    torch.cuda.synchronize(dev)
+    wall = time.perf_counter() - t0
+    res = dict(transformer_s=wall, text_pass_s=out.text_time_s,
+               steps_device_s=sum(s["time_s"] for s in out.stats),
+               peak_gib=torch.cuda.max_memory_allocated(dev) / 2 ** 30, **out.summary())
+    res["tflops_achieved"] = res["flops"] / wall / 1e12
+    res["per_step"] = [{k: v for k, v in s.items() if k in ("step", "scale", "thw", "rep", "tokens", "tokens_run",
+                                                            "branches", "flops", "time_s")} for s in out.stats]
+    res["per_scale"] = per_scale(out.stats)
+    if vae is not None:
+        torch.cuda.synchronize(dev)
+        t1 = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            video = vae.decode(out.latent.to(dev))
+        torch.cuda.synchronize(dev)
+        res["vae_decode_s"] = time.perf_counter() - t1
+        res["frames"] = int(video.shape[2])
+        res["peak_gib_with_vae"] = torch.cuda.max_memory_allocated(dev) / 2 ** 30
+        del video
+    res["end_to_end_s"] = res["transformer_s"] + res.get("vae_decode_s", 0.0)
+    return res
+
+
+def run_bench(resolutions=("720p", "480p"), duration: int = 5, methods=("dense",), preset: str = "infinitystar-8b",
+              backend: str = "auto", text_len: int = 128, seed: int = 0, warmup: bool = True, with_vae: bool = False,
+              out_json: str | Path | None = None, log=print) -> dict:
+    if not torch.cuda.is_available():
+        raise RuntimeError("faststar bench needs a CUDA GPU (it runs the full-size model with random weights)")
+    dev = torch.device("cuda")
+    t_build = time.perf_counter()
+    model = build_random_transformer(preset, dev, backend=backend, seed=seed)
+    log(f"built {preset} on {torch.cuda.get_device_name(dev)} in {time.perf_counter() - t_build:.1f}s, "
+        f"attention backend {model.attn_backend}")
+    vae = None
+    if with_vae:
+        from .vae.model import VideoVAE, vae_config
+        with torch.device("meta"):
+            vae = VideoVAE(vae_config("infinitystar"))
+        vae.to_empty(device=dev)
+        random_init_(vae, seed)
+        vae.eval().requires_grad_(False)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    text = torch.randn(text_len, model.cfg.text_channels, device=dev, generator=gen)
+    report = dict(gpu=torch.cuda.get_device_name(dev), torch=torch.__version__, python=platform.python_version(),
+                  commit=_git_commit(), date=time.strftime("%Y-%m-%d"), preset=preset, backend=model.attn_backend,
+                  text_tokens=text_len, runs=[])
+    for res_name in resolutions:
+        schedule = official_schedule(res_name, duration)
+        fl = schedule_flops(schedule, model.cfg, text_len=text_len)
+        if warmup:
+            t = time.perf_counter()
+            time_one(model, schedule, text, seed=seed, vae=vae)
+            log(f"[{res_name}] warm-up run {time.perf_counter() - t:.1f}s")
+        dense_time = None
+        for m in methods:
+            name, _, pre = m.partition(":")
+            acc = None
+            if name != "dense":
+                from .accel import make_accelerator
+                acc = make_accelerator(name, pre or None)
+            r = time_one(model, schedule, text, seed=seed, accelerator=acc, vae=vae)
+            r.update(resolution=res_name, duration=duration, method=m, flop_model_total=fl["total"])
+            if name == "dense" and dense_time is None:
+                dense_time = r
+            if dense_time is not None:
+                r["speedup_transformer"] = dense_time["transformer_s"] / r["transformer_s"]
+                r["speedup_end_to_end"] = dense_time["end_to_end_s"] / r["end_to_end_s"]
+            log(f"[{res_name}] {m:24s} transformer {r['transformer_s']:7.2f}s  e2e {r['end_to_end_s']:7.2f}s  "
+                f"peak {r['peak_gib']:6.1f} GiB  {r['tflops_achieved']:6.1f} TFLOP/s  "
+                f"flop-speedup {r['flop_speedup']:.2f}x  speedup {r.get('speedup_end_to_end', float('nan')):.2f}x")
+            report["runs"].append(r)
+            if out_json:
+                Path(out_json).write_text(json.dumps(report, indent=1))
+    return report

@@ -144,6 +144,16 @@ class Schedule:
             m = max(m, ref + s.num_tokens)
         return text_len + m
 
+    def first_clips(self, n: int) -> "Schedule":
+        """The schedule of the first n clips (same step indices): what teacher forcing of given frames encodes."""
+        if not 1 <= n <= self.num_clips:
+            raise ValueError(f"n must be in [1, {self.num_clips}], got {n}")
+        return Schedule(tuple(s for s in self.scales if s.clip < n), self.clip_thw[:n], name=f"{self.name}[:{n}]")
+
+    def pixel_size(self, stride: int = VAE_STRIDE) -> tuple[int, int]:
+        H, W = self.final_hw
+        return H * stride, W * stride
+
     def describe(self) -> str:
         rows = [f"schedule {self.name}: {len(self.scales)} scales, {self.num_steps} steps, clips {list(self.clip_thw)}"]
         for s in self.scales:

@@ -104,10 +104,11 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
-        self.input_layernorm = RMSNorm(cfg.width, cfg.rms_eps)
+        # registration order = the release's state-dict order
         self.attn = Attention(cfg)
-        self.post_attention_layernorm = RMSNorm(cfg.width, cfg.rms_eps)
         self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.width, cfg.rms_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.width, cfg.rms_eps)
 
     def forward(self, x, cos, sin, cache, layer, attn_fn, attn_mask=None):
         x = x + self.attn(self.input_layernorm(x), cos, sin, cache, layer, attn_fn, attn_mask)
@@ -131,12 +132,12 @@ class STARTransformer(nn.Module):
         self.sos_token = nn.Parameter(torch.zeros(1, 1, C))         # in the release's state dict; unused
         self.text_proj = nn.Linear(cfg.text_channels, C)
         self.word_embed = nn.Linear(cfg.d_vae, C)
-        per = cfg.depth // cfg.block_chunks
-        self.block_chunks = nn.ModuleList(
-            BlockChunk([Block(cfg) for _ in range(per)]) for _ in range(cfg.block_chunks))
         self.norm_hidden_sates = RMSNorm(C, cfg.rms_eps)            # (sic) the release's key name
         self.head = nn.Linear(C, 2 * cfg.detail_bits)
         self.semantic_head2 = nn.Linear(C, 2 * cfg.semantic_bits)
+        per = cfg.depth // cfg.block_chunks
+        self.block_chunks = nn.ModuleList(
+            BlockChunk([Block(cfg) for _ in range(per)]) for _ in range(cfg.block_chunks))
         self.attn_backend = "sdpa"
 
     # -- structure ------------------------------------------------------------------------------------------------

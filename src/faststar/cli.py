@@ -1,0 +1,171 @@
+"""Command line: faststar generate | demo | inspect | check-reference | bench | eval.
+
+Flags map one to one onto pipeline / config fields; the logic lives in the library.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _cmd_check_reference(a) -> int:
+    from .reference import check_case, summarize
+    worst_fail = False
+    for case in a.case:
+        try:
+            results = check_case(case)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"reference case {case}: {len(results)} tensors compared")
+        print(f"  {'quantity':22s} {'count':>5s} {'max abs err':>12s} {'atol':>9s}  worst tensor")
+        for r in summarize(results):
+            flag = "ok  " if r["ok"] else "FAIL"
+            print(f"{flag}{r['quantity']:22s} {r['count']:5d} {r['max_abs_err']:12.3e} {r['atol']:9.1e}  {r['worst']}")
+        bad = [r for r in results if not r["ok"]]
+        for r in bad[:20]:
+            print(f"  FAIL {r['name']}: max abs err {r['max_abs_err']:.3e} > {r['atol']:.1e} {r.get('error', '')}")
+        worst_fail |= bool(bad)
+    print("FAILED" if worst_fail else "all within tolerance")
+    return 1 if worst_fail else 0
+
+
+def _load_pipe(a):
+    from .pipeline import FastStarPipeline
+    return FastStarPipeline.from_pretrained(a.model_dir, resolution=a.resolution or "720p", device=a.device,
+                                            dtype=a.dtype, attention=a.attention)
+
+
+def _cmd_generate(a) -> int:
+    from . import accel
+    from .io import write_video
+    from .pipeline import FastStarPipeline  # noqa: F401
+    try:
+        pipe = _load_pipe(a)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: cannot load the model: {e}", file=sys.stderr)
+        return 2
+    if a.accel and a.accel != "dense":
+        accel.apply(pipe, a.accel, a.preset)
+    try:
+        out = pipe(a.prompt, image=a.image, video=a.video, duration=a.duration, resolution=a.resolution,
+                   seed=a.seed, progress=not a.quiet)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    path = Path(a.output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_video(path, out.frames, fps=out.fps)
+    if a.save_masks:
+        from .accel.viz import mask_video
+        from .pipeline import ModelSpec  # noqa: F401
+        sched = pipe.spec.schedule(a.resolution, a.duration)
+        mpath = path.with_name(path.stem + "_masks" + path.suffix)
+        write_video(mpath, mask_video(out.masks, sched, out.frames), fps=out.fps)
+        print(f"masks: {mpath}")
+    t = out.timings
+    print(f"wrote {path}: {out.frames.shape[0]} frames {out.frames.shape[2]}x{out.frames.shape[1]} @ {out.fps} fps, "
+          f"seed {out.seed}, schedule {out.schedule}, accelerator {out.accelerator.get('method')}")
+    print("time: " + ", ".join(f"{k[:-2]} {v:.2f}s" for k, v in t.items()))
+    s = out.summary
+    print(f"tokens run {s['tokens_run']:,} of {s['tokens_dense']:,}; FLOP-model speedup {s['flop_speedup']:.2f}x")
+    return 0
+
+
+def _cmd_inspect(a) -> int:
+    from .pipeline import inspect_model_dir
+    rep = inspect_model_dir(a.model_dir, a.resolution)
+    print(f"model folder {rep['folder']} (layout: {rep.get('kind', '?')})")
+    for k, v in rep["found"].items():
+        print(f"  ok  {k}: {v}")
+    for p in rep["problems"]:
+        print(f"  PROBLEM {p}")
+    return 1 if rep["problems"] else 0
+
+
+def _cmd_bench(a) -> int:
+    from .bench import run_bench
+    run_bench(resolutions=a.res.split(","), duration=a.duration, methods=a.methods.split(","), preset=a.preset,
+              backend=a.attention, with_vae=a.vae, out_json=a.out)
+    return 0
+
+
+def _cmd_demo(a) -> int:
+    from .demo import run_demo
+    run_demo(a.out, device=a.device)
+    return 0
+
+
+def _cmd_eval(a) -> int:
+    from .eval import main_eval
+    return main_eval(a)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="faststar", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    g = sub.add_parser("generate", help="generate a video (text-to-video, image-to-video, continuation)")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--model-dir", default=None, help="model folder (default: the embedded testbed model)")
+    g.add_argument("--image", default=None, help="image-to-video: the first frame")
+    g.add_argument("--video", default=None, help="video continuation: the first 5 s (official 480p, duration 10)")
+    g.add_argument("--duration", type=int, default=None, help="seconds (official: 5 or 10)")
+    g.add_argument("--resolution", default=None, help="720p or 480p (official models)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--output", "-o", default="out/video.mp4", help=".mp4 or .gif")
+    g.add_argument("--device", default="auto")
+    g.add_argument("--dtype", default=None, help="bf16 (GPU default) or fp32 (CPU default)")
+    g.add_argument("--attention", default="auto", help="auto, sdpa or fa3")
+    g.add_argument("--accel", default=None, help="dense, faststar, fastvar, stagevar, skip, random")
+    g.add_argument("--preset", default=None, help="accelerator preset, e.g. quality, balanced, fast")
+    g.add_argument("--save-masks", action="store_true", help="also write a video of the pruning masks")
+    g.add_argument("--quiet", action="store_true")
+    g.set_defaults(fn=_cmd_generate)
+
+    i = sub.add_parser("inspect", help="check a model folder: what is missing or mismatched")
+    i.add_argument("model_dir")
+    i.add_argument("--resolution", default="720p")
+    i.set_defaults(fn=_cmd_inspect)
+
+    c = sub.add_parser("check-reference", help="run reference case folders (golden format) and compare")
+    c.add_argument("case", nargs="+")
+    c.set_defaults(fn=_cmd_check_reference)
+
+    b = sub.add_parser("bench", help="GPU latency benchmark at full size with random weights")
+    b.add_argument("--res", default="720p,480p")
+    b.add_argument("--duration", type=int, default=5)
+    b.add_argument("--methods", default="dense")
+    b.add_argument("--preset", default="infinitystar-8b")
+    b.add_argument("--attention", default="auto")
+    b.add_argument("--vae", action="store_true", help="also time the VAE decode (end to end)")
+    b.add_argument("--out", default="bench.json")
+    b.set_defaults(fn=_cmd_bench)
+
+    d = sub.add_parser("demo", help="generate sample videos with the embedded testbed, dense and FastSTAR")
+    d.add_argument("--out", default="out/demo")
+    d.add_argument("--device", default="auto")
+    d.set_defaults(fn=_cmd_demo)
+
+    e = sub.add_parser("eval", help="quality and speed of accelerators against dense")
+    e.add_argument("--out", default="out/eval")
+    e.add_argument("--model-dir", default=None)
+    e.add_argument("--methods", default=None, help="comma list of method[:preset] (default: a standard set)")
+    e.add_argument("--prompts", default=None, help="JSONL file of {prompt, image?}")
+    e.add_argument("--seeds", default="0,1")
+    e.add_argument("--quick", action="store_true", help="a reduced set that finishes on a CPU in minutes")
+    e.add_argument("--device", default="auto")
+    e.set_defaults(fn=_cmd_eval)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

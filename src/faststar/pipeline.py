@@ -1,0 +1,375 @@
+"""The user-facing pipeline: text / image / video in, frames out.
+
+    pipe = FastStarPipeline.from_pretrained("path/to/InfinityStar")      # or from_pretrained() for the testbed
+    out = pipe("a cat walks on the beach", seed=1)                        # VideoOutput: frames uint8 [T,H,W,3]
+    faststar.apply(pipe, "faststar", "balanced")                          # accelerate; faststar.remove(pipe)
+
+``__call__`` runs numbered phases: 1 check inputs and pick the schedule, 2 encode the prompt, 3 encode the
+conditioning image/video into teacher-forced bit labels, 4 the generation loop, 5 decode, 6 output.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import CheckpointError, TensorSource, load_checkpoint, load_transformer
+from .generate import GenerationOutput, generate
+from .sampling import GuidanceConfig
+from .schedule import SUPPORTED_DURATIONS, Schedule, build_schedule, official_schedule
+from .vae.quant import multiscale_quantize
+
+TESTBED_DIR = Path(__file__).resolve().parent / "testbed" / "weights"
+OFFICIAL_TRANSFORMER_DIRS = {"720p": "infinitystar_8b_720p_weights", "480p": "infinitystar_8b_480p_weights"}
+OFFICIAL_VAE = "infinitystar_videovae.pth"
+OFFICIAL_T5 = Path("text_encoder") / "flan-t5-xl-official"
+
+
+@dataclass
+class VideoOutput:
+    frames: np.ndarray | None               # uint8 [T, H, W, 3] RGB (None when decode=False)
+    latent: torch.Tensor                    # summed codes [1, 64, T', h, w]
+    fps: int
+    seed: int
+    schedule: str
+    timings: dict = field(default_factory=dict)
+    stats: list = field(default_factory=list)
+    masks: list = field(default_factory=list)
+    accelerator: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+
+
+@dataclass
+class ModelSpec:
+    """What a model folder holds and how its schedules are made."""
+    kind: str                               # "official" or "testbed"
+    fps: int = 16
+    default_resolution: str = "720p"
+    default_duration: int = 5
+    official_prompt_format: bool = True
+    smooth_first_frame: bool = True         # the release overwrites frame 0 with frame 1
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    schedule_kwargs: dict | None = None      # testbed: build_schedule(**kwargs)
+    name: str = "model"
+
+    def schedule(self, resolution: str | None, duration: int | None) -> Schedule:
+        if self.kind == "official":
+            res = resolution or self.default_resolution
+            dur = duration or self.default_duration
+            if dur not in SUPPORTED_DURATIONS:
+                raise ValueError(f"unsupported duration {dur} s: the official schedules exist for "
+                                 f"{list(SUPPORTED_DURATIONS)} s")
+            return official_schedule(res, dur)
+        if resolution not in (None, "auto", self.default_resolution):
+            raise ValueError(f"model {self.name!r} generates one size only ({self.default_resolution}); "
+                             f"got resolution={resolution!r}")
+        if duration not in (None, self.default_duration):
+            raise ValueError(f"model {self.name!r} generates {self.default_duration} s clips only; "
+                             f"got duration={duration!r}")
+        kw = dict(self.schedule_kwargs)
+        kw["pyramid"] = [tuple(x) for x in kw["pyramid"]]
+        return build_schedule(name=self.name, **kw)
+
+
+def _auto_device(device):
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _parse_dtype(dtype, device) -> torch.dtype:
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32,
+             "fp16": torch.float16, "float16": torch.float16}
+    if dtype not in table:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(table)}")
+    return table[dtype]
+
+
+def load_vae(path, config, device, key: str | None = None):
+    from .vae.model import VideoVAE
+    with torch.device("meta"):
+        vae = VideoVAE(config)
+    src = TensorSource(path, key=key)
+    load_checkpoint(vae, src, what="VAE")
+    return vae.to(device).eval().requires_grad_(False)
+
+
+def inspect_model_dir(model_dir: str | Path, resolution: str = "720p") -> dict:
+    """Check a model folder without loading weights: what is there, what is missing or mismatched."""
+    model_dir = Path(model_dir)
+    report: dict = {"folder": str(model_dir), "problems": [], "found": {}}
+    if not model_dir.is_dir():
+        report["problems"].append(f"not a folder: {model_dir}")
+        return report
+    cfg_file = model_dir / "config.json"
+    if cfg_file.exists() and json.loads(cfg_file.read_text()).get("kind") == "faststar-testbed":
+        report["kind"] = "testbed"
+        cfg = json.loads(cfg_file.read_text())
+        from .model.transformer import STARTransformer
+        from .config import TransformerConfig
+        tf = _find_testbed_file(model_dir, "transformer")
+        checks = [("transformer", tf, STARTransformer, TransformerConfig.from_dict(cfg["transformer"]), None)]
+        vf = _find_testbed_file(model_dir, "vae")
+        from .vae.model import VideoVAE, VAEConfig
+        checks.append(("vae", vf, VideoVAE, VAEConfig(**cfg["vae"]), None))
+    else:
+        report["kind"] = "official"
+        from .config import transformer_config
+        from .model.transformer import STARTransformer
+        from .vae.model import VideoVAE, vae_config
+        tdir = model_dir / OFFICIAL_TRANSFORMER_DIRS.get(resolution, "")
+        checks = [("transformer", tdir, STARTransformer, transformer_config("infinitystar-8b"), None),
+                  ("vae", model_dir / OFFICIAL_VAE, VideoVAE, vae_config("infinitystar"), "vae")]
+        t5 = model_dir / OFFICIAL_T5
+        if not t5.is_dir():
+            report["problems"].append(f"text encoder folder missing: {t5}")
+        else:
+            need = ["config.json"]
+            miss = [n for n in need if not (t5 / n).exists()]
+            if not any(t5.glob("*.safetensors")) and not any(t5.glob("*.bin")):
+                miss.append("weights (*.safetensors)")
+            if not any((t5 / n).exists() for n in ("spiece.model", "tokenizer.json")):
+                miss.append("tokenizer (spiece.model or tokenizer.json)")
+            if miss:
+                report["problems"].append(f"text encoder {t5} lacks {miss}")
+            else:
+                report["found"]["text_encoder"] = str(t5)
+    from .checkpoint import compare_keys, format_key_report
+    for what, path, cls, cfg, key in checks:
+        if path is None or not Path(path).exists():
+            report["problems"].append(f"{what} checkpoint missing: {path}")
+            continue
+        try:
+            src = TensorSource(path, key=key)
+            with torch.device("meta"):
+                m = cls(cfg)
+            expected = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+            miss, unexp, mism = compare_keys(expected, src.shapes())
+            if miss or unexp or mism:
+                report["problems"].append(f"{what} checkpoint {path} does not match:\n"
+                                          + format_key_report(miss, unexp, mism))
+            else:
+                report["found"][what] = f"{path} ({len(expected)} tensors, all keys and shapes match)"
+        except CheckpointError as e:
+            report["problems"].append(str(e))
+    return report
+
+
+def _find_testbed_file(folder: Path, stem: str) -> Path | None:
+    for cand in (folder / stem, folder / f"{stem}.safetensors"):
+        if cand.exists():
+            return cand
+    return None
+
+
+class FastStarPipeline:
+    def __init__(self, transformer, vae, text_encoder, spec: ModelSpec, device, dtype):
+        self.transformer = transformer
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.spec = spec
+        self.device = device
+        self.dtype = dtype
+        self.accelerator = None           # set by faststar.apply / faststar.remove
+
+    # -- loading ------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path | None = None, *, resolution: str = "720p",
+                        transformer_path=None, vae_path=None, text_encoder=None, device="auto", dtype=None,
+                        attention: str = "auto", fuse: bool = True) -> "FastStarPipeline":
+        """Load a model folder: the release's layout (``infinitystar_8b_{720p,480p}_weights/``,
+        ``infinitystar_videovae.pth``, ``text_encoder/flan-t5-xl-official/``) or a faststar testbed folder
+        (``config.json`` with kind ``faststar-testbed``). With no folder, the embedded testbed model.
+        ``text_encoder``: an object with ``encode(prompts)``, or a spec string for ``faststar.text.load_text_encoder``.
+        """
+        device = _auto_device(device)
+        dtype = _parse_dtype(dtype, device)
+        folder = Path(model_dir) if model_dir is not None else TESTBED_DIR
+        if not folder.is_dir():
+            raise FileNotFoundError(f"model folder not found: {folder}")
+        cfg_file = folder / "config.json"
+        cfg = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
+        if cfg.get("kind") == "faststar-testbed":
+            return cls._load_testbed(folder, cfg, device, dtype, attention, fuse, text_encoder)
+        return cls._load_official(folder, resolution, transformer_path, vae_path, text_encoder, device, dtype,
+                                  attention, fuse)
+
+    @classmethod
+    def _load_official(cls, folder, resolution, transformer_path, vae_path, text_encoder, device, dtype,
+                       attention, fuse):
+        from .text import load_text_encoder
+        from .vae.model import vae_config
+        if resolution not in OFFICIAL_TRANSFORMER_DIRS:
+            raise ValueError(f"unsupported resolution {resolution!r}; supported: {sorted(OFFICIAL_TRANSFORMER_DIRS)}")
+        tpath = Path(transformer_path) if transformer_path else folder / OFFICIAL_TRANSFORMER_DIRS[resolution]
+        vpath = Path(vae_path) if vae_path else folder / OFFICIAL_VAE
+        missing = [str(p) for p in (tpath, vpath) if not p.exists()]
+        if text_encoder is None and not (folder / OFFICIAL_T5).is_dir():
+            missing.append(str(folder / OFFICIAL_T5))
+        if missing:
+            raise FileNotFoundError("the model folder lacks: " + ", ".join(missing)
+                                    + f"\n(run `faststar inspect {folder}` for a full check)")
+        transformer = load_transformer(tpath, device=device, dtype=dtype, name=f"infinitystar-8b-{resolution}")
+        vae = load_vae(vpath, vae_config("infinitystar"), device, key="vae" if vpath.suffix != ".safetensors" else None)
+        te = text_encoder if text_encoder is not None and not isinstance(text_encoder, str) else \
+            load_text_encoder(text_encoder or f"t5:{folder / OFFICIAL_T5}", device=device)
+        spec = ModelSpec(kind="official", default_resolution=resolution, name=f"infinitystar-8b-{resolution}")
+        pipe = cls(transformer, vae, te, spec, device, dtype)
+        pipe._finish(attention, fuse)
+        return pipe
+
+    @classmethod
+    def _load_testbed(cls, folder, cfg, device, dtype, attention, fuse, text_encoder):
+        from .config import TransformerConfig
+        from .model.transformer import STARTransformer
+        from .text import load_text_encoder
+        from .vae.model import VAEConfig
+        tcfg = TransformerConfig.from_dict(cfg["transformer"])
+        tfile = _find_testbed_file(folder, "transformer")
+        vfile = _find_testbed_file(folder, "vae")
+        missing = [n for n, f in (("transformer", tfile), ("vae", vfile)) if f is None]
+        if missing:
+            raise FileNotFoundError(f"testbed folder {folder} lacks {missing} weights")
+        with torch.device("meta"):
+            transformer = STARTransformer(tcfg)
+        transformer.cast_blocks_(dtype)
+        transformer.to_empty(device=device)
+        load_checkpoint(transformer, tfile, what="transformer")
+        transformer.eval().requires_grad_(False)
+        vae = load_vae(vfile, VAEConfig(**cfg["vae"]), device)
+        te = text_encoder if text_encoder is not None and not isinstance(text_encoder, str) else \
+            load_text_encoder(text_encoder or cfg.get("text_encoder", "minilm"), device=device)
+        g = cfg.get("guidance", {})
+        spec = ModelSpec(kind="testbed", fps=cfg.get("fps", 16), default_resolution=cfg.get("resolution", "testbed"),
+                         default_duration=cfg.get("duration", 1), official_prompt_format=False,
+                         smooth_first_frame=False, guidance=GuidanceConfig(**g) if g else GuidanceConfig(),
+                         schedule_kwargs=cfg["schedule"], name=cfg.get("name", "faststar-testbed"))
+        pipe = cls(transformer, vae, te, spec, device, dtype)
+        pipe._finish(attention, fuse)
+        return pipe
+
+    def _finish(self, attention, fuse):
+        self.transformer.set_attention_backend(attention)
+        if fuse and self.device.type == "cuda":
+            self.transformer.fuse_projections_()
+
+    # -- generation ---------------------------------------------------------------------------------------------
+    def encode_prompt(self, prompt: str, duration: int | None) -> torch.Tensor:
+        from .text import format_prompt
+        text = format_prompt(prompt, duration or self.spec.default_duration) if self.spec.official_prompt_format \
+            else prompt
+        return self.text_encoder.encode([text])[0].float()
+
+    def _encode_condition(self, schedule: Schedule, image, video, progress) -> dict[int, torch.Tensor]:
+        """Teacher-forced labels for the clips covered by the given image or frames."""
+        from .io import read_image, read_video
+        H, W = schedule.pixel_size()
+        if image is not None:
+            x = read_image(image, size=(H, W))[None, :, None]             # [1, 3, 1, H, W]
+            n_clips = 1
+        else:
+            frames_needed = 1 + 4 * sum(t for t, _, _ in schedule.clip_thw[1:-1])
+            if schedule.num_clips < 2:
+                raise ValueError("video continuation needs a schedule with at least two clips")
+            arr = read_video(video, num_frames=frames_needed, size=(H, W)) if not isinstance(video, np.ndarray) \
+                else video[:frames_needed]
+            if arr.shape[0] < frames_needed:
+                raise ValueError(f"video continuation needs {frames_needed} frames at {H}x{W}; got {arr.shape[0]}")
+            x = torch.from_numpy(np.ascontiguousarray(arr)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+            n_clips = schedule.num_clips - 1
+        sub = schedule.first_clips(n_clips)
+        with torch.no_grad():
+            z = self.vae.encode(x.to(self.device))
+        bits, _ = multiscale_quantize(z.float(), sub)
+        return {st.index: b for st, b in zip(sub.steps, bits)}
+
+    @torch.no_grad()
+    def __call__(self, prompt: str, *, image=None, video=None, duration: int | None = None,
+                 resolution: str | None = None, seed: int = 0, guidance: GuidanceConfig | None = None,
+                 negative_prompt: str | None = None, decode: bool = True, progress: bool = True,
+                 accelerator="pipe") -> VideoOutput:
+        t_all = time.perf_counter()
+        # 1. inputs and schedule
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("prompt must be a non-empty string")
+        if image is not None and video is not None:
+            raise ValueError("give an image (image-to-video) or a video (continuation), not both")
+        if video is not None and self.spec.kind == "official" and (duration or 5) != 10:
+            raise ValueError("video continuation generates 10 s from the first 5 s: pass duration=10")
+        schedule = self.spec.schedule(resolution, duration)
+        guidance = guidance or self.spec.guidance
+        acc = self.accelerator if accelerator == "pipe" else accelerator
+        timings = {}
+        # 2. prompt
+        t = time.perf_counter()
+        text = self.encode_prompt(prompt, duration)
+        uncond = None
+        if negative_prompt:
+            uncond = self.encode_prompt(negative_prompt, duration)
+            L = min(text.shape[0], uncond.shape[0])
+            text, uncond = text[:L], uncond[:L]
+        timings["text_encoder_s"] = time.perf_counter() - t
+        # 3. conditioning
+        teacher = None
+        t = time.perf_counter()
+        if image is not None or video is not None:
+            teacher = self._encode_condition(schedule, image, video, progress)
+        timings["condition_encode_s"] = time.perf_counter() - t
+        # 4. the loop
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=schedule.num_steps, desc="generate", unit="step", leave=False)
+
+            def prog(st, sch):
+                bar.set_postfix_str(f"clip {st.scale.clip} scale {st.scale.index_in_clip} {st.scale.thw}")
+                bar.update(1)
+        else:
+            prog = None
+        try:
+            out: GenerationOutput = generate(self.transformer, schedule, text, seed=seed, guidance=guidance,
+                                             uncond_LC=uncond, teacher_bits=teacher, accelerator=acc, progress=prog)
+        except torch.cuda.OutOfMemoryError as e:
+            raise RuntimeError("CUDA out of memory during generation. Try resolution='480p', close other GPU "
+                               "programs, or enable an accelerator (faststar.apply(pipe, 'faststar', 'fast')) "
+                               f"which also shrinks activations. ({e})") from e
+        finally:
+            if bar is not None:
+                bar.close()
+        timings["transformer_s"] = out.total_time_s
+        # 5. decode
+        frames = None
+        if decode:
+            t = time.perf_counter()
+            frames = self.decode(out.latent)
+            timings["vae_decode_s"] = time.perf_counter() - t
+        timings["total_s"] = time.perf_counter() - t_all
+        return VideoOutput(frames=frames, latent=out.latent.cpu(), fps=self.spec.fps, seed=seed,
+                           schedule=schedule.name, timings=timings, stats=out.stats,
+                           masks=[None if m is None else m.cpu() for m in out.masks],
+                           accelerator=acc.describe() if acc is not None else {"method": "dense"},
+                           summary=out.summary())
+
+    @torch.no_grad()
+    def decode(self, latent: torch.Tensor) -> np.ndarray:
+        from .io import to_uint8
+        dev = self.device
+        try:
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                video = self.vae.decode(latent.to(dev).float())
+        except torch.cuda.OutOfMemoryError as e:
+            raise RuntimeError(f"CUDA out of memory in the VAE decode ({e}); free GPU memory and retry") from e
+        frames = to_uint8(video.float().cpu())
+        if self.spec.smooth_first_frame and frames.shape[0] > 1:
+            frames[0] = frames[1]
+        return frames

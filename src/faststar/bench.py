@@ -38,7 +38,7 @@ def random_init_(module: torch.nn.Module, seed: int = 0, std: float = 0.02) -> N
 
 
 def build_random_transformer(preset: str = "infinitystar-8b", device="cuda", dtype=torch.bfloat16,
-                             backend: str = "auto", seed: int = 0) -> STARTransformer:
+                             backend: str = "auto", seed: int = 0, compile: bool = True) -> STARTransformer:
     model = build_transformer(preset, device="meta")
     model.cast_blocks_(dtype)
     model.to_empty(device=device)
@@ -46,6 +46,8 @@ def build_random_transformer(preset: str = "infinitystar-8b", device="cuda", dty
     model.eval().requires_grad_(False)
     model.fuse_projections_()
     model.set_attention_backend(backend)
+    from .model.transformer import compile_kernels
+    compile_kernels(compile)
     return model
 
 
@@ -102,14 +104,14 @@ def time_one(model, schedule, text, *, seed: int, accelerator=None, guidance=Gui
 
 def run_bench(resolutions=("720p", "480p"), duration: int = 5, methods=("dense",), preset: str = "infinitystar-8b",
               backend: str = "auto", text_len: int = 128, seed: int = 0, warmup: bool = True, with_vae: bool = False,
-              out_json: str | Path | None = None, log=print) -> dict:
+              out_json: str | Path | None = None, log=print, compile: bool = True) -> dict:
     if not torch.cuda.is_available():
         raise RuntimeError("faststar bench needs a CUDA GPU (it runs the full-size model with random weights)")
     dev = torch.device("cuda")
     t_build = time.perf_counter()
-    model = build_random_transformer(preset, dev, backend=backend, seed=seed)
+    model = build_random_transformer(preset, dev, backend=backend, seed=seed, compile=compile)
     log(f"built {preset} on {torch.cuda.get_device_name(dev)} in {time.perf_counter() - t_build:.1f}s, "
-        f"attention backend {model.attn_backend}")
+        f"attention backend {model.attn_backend}, compiled kernels {compile}")
     vae = None
     if with_vae:
         from .vae.model import VideoVAE, vae_config
@@ -122,6 +124,7 @@ def run_bench(resolutions=("720p", "480p"), duration: int = 5, methods=("dense",
     text = torch.randn(text_len, model.cfg.text_channels, device=dev, generator=gen)
     report = dict(gpu=torch.cuda.get_device_name(dev), torch=torch.__version__, python=platform.python_version(),
                   commit=_git_commit(), date=time.strftime("%Y-%m-%d"), preset=preset, backend=model.attn_backend,
+                  compiled_kernels=compile,
                   text_tokens=text_len, runs=[])
     for res_name in resolutions:
         schedule = official_schedule(res_name, duration)

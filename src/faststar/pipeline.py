@@ -186,12 +186,15 @@ class FastStarPipeline:
     @classmethod
     def from_pretrained(cls, model_dir: str | Path | None = None, *, resolution: str = "720p",
                         transformer_path=None, vae_path=None, text_encoder=None, device="auto", dtype=None,
-                        attention: str = "auto", fuse: bool = True) -> "FastStarPipeline":
+                        attention: str = "auto", fuse: bool = True, compile: bool | None = None
+                        ) -> "FastStarPipeline":
         """Load a model folder: the release's layout (``infinitystar_8b_{720p,480p}_weights/``,
         ``infinitystar_videovae.pth``, ``text_encoder/flan-t5-xl-official/``) or a faststar testbed folder
         (``config.json`` with kind ``faststar-testbed``). With no folder, the embedded testbed model.
         ``text_encoder``: an object with ``encode(prompts)``, or a spec string for ``faststar.text.load_text_encoder``.
+        ``compile``: fuse the blocks' elementwise kernels with torch.compile (default: on for CUDA).
         """
+        from .model.transformer import compile_kernels
         device = _auto_device(device)
         dtype = _parse_dtype(dtype, device)
         folder = Path(model_dir) if model_dir is not None else TESTBED_DIR
@@ -199,6 +202,7 @@ class FastStarPipeline:
             raise FileNotFoundError(f"model folder not found: {folder}")
         cfg_file = folder / "config.json"
         cfg = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
+        compile_kernels(device.type == "cuda" if compile is None else compile)
         if cfg.get("kind") == "faststar-testbed":
             return cls._load_testbed(folder, cfg, device, dtype, attention, fuse, text_encoder)
         return cls._load_official(folder, resolution, transformer_path, vae_path, text_encoder, device, dtype,

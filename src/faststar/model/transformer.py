@@ -27,6 +27,50 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return y.to(x.dtype) * weight.to(x.dtype)
 
 
+def add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float):
+    """Residual add, then RMSNorm of the sum: returns (x + delta, norm(x + delta))."""
+    x = x + delta
+    return x, rms_norm(x, weight, eps)
+
+
+def norm_rope(x_BNHD: torch.Tensor, weight: torch.Tensor, eps: float, cos, sin) -> torch.Tensor:
+    """Per-head RMSNorm (q_norm / k_norm), then RoPE."""
+    return apply_rope(rms_norm(x_BNHD, weight, eps), cos, sin)
+
+
+def silu_mul(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    return F.silu(g) * u
+
+
+class Kernels:
+    """The elementwise pieces of a block. Eager by default (the readable reference); ``compile_kernels()``
+    swaps in torch.compile'd versions that fuse each piece into one GPU kernel (same math)."""
+    rms_norm = staticmethod(rms_norm)
+    add_rms_norm = staticmethod(add_rms_norm)
+    norm_rope = staticmethod(norm_rope)
+    silu_mul = staticmethod(silu_mul)
+    compiled = False
+
+
+def compile_kernels(enable: bool = True) -> bool:
+    """Fuse the elementwise pieces with torch.compile (needs Triton on GPU). Returns whether it is on."""
+    if not enable:
+        Kernels.rms_norm, Kernels.add_rms_norm = staticmethod(rms_norm), staticmethod(add_rms_norm)
+        Kernels.norm_rope, Kernels.silu_mul = staticmethod(norm_rope), staticmethod(silu_mul)
+        Kernels.compiled = False
+        return False
+    try:
+        c = lambda f: staticmethod(torch.compile(f, dynamic=True, fullgraph=True))  # noqa: E731
+        Kernels.rms_norm, Kernels.add_rms_norm = c(rms_norm), c(add_rms_norm)
+        Kernels.norm_rope, Kernels.silu_mul = c(norm_rope), c(silu_mul)
+        Kernels.compiled = True
+    except Exception as e:  # no compiler backend: stay eager, say why
+        import warnings
+        warnings.warn(f"torch.compile unavailable ({e}); using eager kernels", stacklevel=2)
+        compile_kernels(False)
+    return Kernels.compiled
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -65,10 +109,9 @@ class Attention(nn.Module):
             q, k, v = F.linear(x_BNC, self.wqkv).split([self.H * self.D, self.K * self.D, self.K * self.D], -1)
         else:
             q, k, v = self.q_proj(x_BNC), self.k_proj(x_BNC), self.v_proj(x_BNC)
-        q = self.q_norm(q.view(B, N, self.H, self.D))
-        k = self.k_norm(k.view(B, N, self.K, self.D))
+        q = Kernels.norm_rope(q.view(B, N, self.H, self.D), self.q_norm.weight, self.q_norm.eps, cos, sin)
+        k = Kernels.norm_rope(k.view(B, N, self.K, self.D), self.k_norm.weight, self.k_norm.eps, cos, sin)
         v = v.view(B, N, self.K, self.D)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is None:     # packed training forward: all steps in one sequence, visibility by mask
             o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                attn_mask=attn_mask, enable_gqa=self.H != self.K).transpose(1, 2)
@@ -98,7 +141,7 @@ class MLP(nn.Module):
             g, u = F.linear(x, self.w_gate_up).chunk(2, -1)
         else:
             g, u = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(F.silu(g) * u)
+        return self.down_proj(Kernels.silu_mul(g, u))
 
 
 class Block(nn.Module):
@@ -111,8 +154,10 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.width, cfg.rms_eps)
 
     def forward(self, x, cos, sin, cache, layer, attn_fn, attn_mask=None):
-        x = x + self.attn(self.input_layernorm(x), cos, sin, cache, layer, attn_fn, attn_mask)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        h = Kernels.rms_norm(x, self.input_layernorm.weight, self.input_layernorm.eps)
+        a = self.attn(h, cos, sin, cache, layer, attn_fn, attn_mask)
+        x, h = Kernels.add_rms_norm(x, a, self.post_attention_layernorm.weight, self.post_attention_layernorm.eps)
+        return x + self.mlp(h)
 
 
 class BlockChunk(nn.Module):

@@ -14,7 +14,10 @@ Pipeline (fp32 reference numerics, see golden README section 5):
   ``decode_chunk`` (the first takes 3 when T' is odd, 4 when T' is even) -> decoder with SpatialNorm conditioned on s.
 
 The first frame of a video is an image: in the first chunk, DC blocks keep it out of temporal pooling (encoder) and
-merge the first ``tf`` generated frames into one (decoder), so T = 4 (T' - 1) + 1.
+merge the first ``tf`` generated frames into one (decoder), so T = 4 (T' - 1) + 1. The reference decides this per
+block from "T odd (or split_first)"; for the chunk plans it uses (odd first chunk, even later chunks, split_first
+for an even T') that is the same as "first chunk", which is the rule used here. It also makes any chunk plan give
+the same result as one pass over the whole sequence (the causal caches carry everything else).
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ class VAEConfig:
     patch_size: int = 2                        # pixel-unshuffle factor of the latent
     spatial_compression_list: tuple[int, ...] = (2, 2, 2)    # encoder blocks 0.. that halve H and W
     temporal_compression_list: tuple[int, ...] = (2, 2)      # encoder blocks 0.. that halve T (first frame apart)
-    embed_dim: int = 64                        # channels of z (= latent_channels * patch_size**2 // ... see below)
+    embed_dim: int = 64                        # channels of z = latent_channels * patch_size**2
     semantic_dim: int = 16                     # BSQ semantic quantizer bits (mask buffer size)
     detail_dim: int = 64                       # BSQ detail quantizer bits (mask buffer size)
     num_scale_parameters: int = 4              # length of scale_learnable_parameters (only [0] is used)
@@ -505,7 +508,12 @@ class VideoVAE(nn.Module):
         ``sample=False`` uses the posterior mean (deterministic); ``sample=True`` draws mean + exp(logvar/2)*eps with
         ``generator``.
         """
-        raw = self.encode_raw(video_BCTHW)
+        return self.latent_from_posterior(self.encode_raw(video_BCTHW), sample=sample, generator=generator)
+
+    @torch.no_grad()
+    def latent_from_posterior(self, raw: EncoderOutput, sample: bool = False,
+                              generator: torch.Generator | None = None) -> torch.Tensor:
+        """z = proj_down(mean or a posterior sample) * scale_learnable_parameters[0]."""
         lat = raw.posterior_mean
         if sample:
             eps = torch.randn(lat.shape, generator=generator, dtype=lat.dtype,

@@ -24,7 +24,8 @@ if __name__ == "__main__":
     ap.add_argument("--no-warmup", action="store_true")
     ap.add_argument("--vae", action="store_true")
     ap.add_argument("--eager", action="store_true", help="do not compile the elementwise kernels")
+    ap.add_argument("--no-graphs", action="store_true", help="do not replay small steps from CUDA graphs")
     a = ap.parse_args()
     run_bench(resolutions=a.res.split(","), duration=a.duration, methods=a.methods.split(","), preset=a.preset,
               backend=a.backend, warmup=not a.no_warmup, with_vae=a.vae, out_json=a.out,
-              compile=not a.eager)
+              compile=not a.eager, graphs=not a.no_graphs)

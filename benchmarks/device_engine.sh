@@ -1,5 +1,6 @@
 #!/bin/bash
 # Run on the lent H200 (device tool), from the repo root, with .whl carried (fa3-fwd wheel).
+# Usage: bash benchmarks/device_engine.sh [bench_engine.py args...]
 set -e
 export PYTHONUNBUFFERED=1 PYTHONPATH=src
 if ls .whl/fa3_fwd-*.whl >/dev/null 2>&1; then
@@ -8,5 +9,4 @@ if ls .whl/fa3_fwd-*.whl >/dev/null 2>&1; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__)"
-python3 benchmarks/bench_engine.py --out $OUT/engine_fa3.json --res 720p,480p --backend auto "$@"
-python3 benchmarks/bench_engine.py --out $OUT/engine_sdpa.json --res 720p --backend sdpa "$@"
+python3 benchmarks/bench_engine.py "$@"

@@ -38,7 +38,8 @@ def random_init_(module: torch.nn.Module, seed: int = 0, std: float = 0.02) -> N
 
 
 def build_random_transformer(preset: str = "infinitystar-8b", device="cuda", dtype=torch.bfloat16,
-                             backend: str = "auto", seed: int = 0, compile: bool = True) -> STARTransformer:
+                             backend: str = "auto", seed: int = 0, compile: bool = True,
+                             graphs: bool = True) -> STARTransformer:
     model = build_transformer(preset, device="meta")
     model.cast_blocks_(dtype)
     model.to_empty(device=device)
@@ -48,6 +49,9 @@ def build_random_transformer(preset: str = "infinitystar-8b", device="cuda", dty
     model.set_attention_backend(backend)
     from .model.transformer import compile_kernels
     compile_kernels(compile)
+    if graphs:
+        from .model.graphs import enable_cuda_graphs
+        enable_cuda_graphs(model)
     return model
 
 
@@ -104,14 +108,14 @@ def time_one(model, schedule, text, *, seed: int, accelerator=None, guidance=Gui
 
 def run_bench(resolutions=("720p", "480p"), duration: int = 5, methods=("dense",), preset: str = "infinitystar-8b",
               backend: str = "auto", text_len: int = 128, seed: int = 0, warmup: bool = True, with_vae: bool = False,
-              out_json: str | Path | None = None, log=print, compile: bool = True) -> dict:
+              out_json: str | Path | None = None, log=print, compile: bool = True, graphs: bool = True) -> dict:
     if not torch.cuda.is_available():
         raise RuntimeError("faststar bench needs a CUDA GPU (it runs the full-size model with random weights)")
     dev = torch.device("cuda")
     t_build = time.perf_counter()
-    model = build_random_transformer(preset, dev, backend=backend, seed=seed, compile=compile)
+    model = build_random_transformer(preset, dev, backend=backend, seed=seed, compile=compile, graphs=graphs)
     log(f"built {preset} on {torch.cuda.get_device_name(dev)} in {time.perf_counter() - t_build:.1f}s, "
-        f"attention backend {model.attn_backend}, compiled kernels {compile}")
+        f"attention backend {model.attn_backend}, compiled kernels {compile}, CUDA graphs {graphs}")
     vae = None
     if with_vae:
         from .vae.model import VideoVAE, vae_config
@@ -124,7 +128,7 @@ def run_bench(resolutions=("720p", "480p"), duration: int = 5, methods=("dense",
     text = torch.randn(text_len, model.cfg.text_channels, device=dev, generator=gen)
     report = dict(gpu=torch.cuda.get_device_name(dev), torch=torch.__version__, python=platform.python_version(),
                   commit=_git_commit(), date=time.strftime("%Y-%m-%d"), preset=preset, backend=model.attn_backend,
-                  compiled_kernels=compile,
+                  compiled_kernels=compile, cuda_graphs=graphs,
                   text_tokens=text_len, runs=[])
     for res_name in resolutions:
         schedule = official_schedule(res_name, duration)

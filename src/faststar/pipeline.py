@@ -266,6 +266,8 @@ class FastStarPipeline:
         self.transformer.set_attention_backend(attention)
         if fuse and self.device.type == "cuda":
             self.transformer.fuse_projections_()
+            from .model.graphs import enable_cuda_graphs
+            enable_cuda_graphs(self.transformer)
 
     # -- generation ---------------------------------------------------------------------------------------------
     def encode_prompt(self, prompt: str, duration: int | None) -> torch.Tensor:

@@ -22,6 +22,16 @@ class KVCache:
         self.ref_lens = [0] * depth     # per layer: a two-phase pruned step caches different lengths per layer
         self.step_lens = [0] * depth
 
+    def reset(self) -> None:
+        """Forget the contents (buffers are reused by the next generation)."""
+        self.text_len = 0
+        self.ref_lens = [0] * len(self.ref_lens)
+        self.step_lens = [0] * len(self.step_lens)
+
+    def fits(self, batch: int, max_len: int, dtype, device) -> bool:
+        k = self.k[0]
+        return self.batch == batch and self.max_len >= max_len and k.dtype == dtype and k.device == device
+
     @property
     def ref_len(self) -> int:
         return self.ref_lens[-1]

@@ -218,9 +218,20 @@ class STARTransformer(nn.Module):
         return self
 
     def new_cache(self, max_len: int, batch: int = 2) -> KVCache:
+        """A reset KV cache of at least ``max_len`` positions; the buffers are kept and reused by the next call
+        when they are big enough (static buffers are what lets CUDA graphs replay across generations)."""
         c = self.cfg
-        return KVCache(c.depth, batch, max_len, c.num_kv_heads, c.head_dim, dtype=self.block_dtype,
-                       device=self.device)
+        cache = getattr(self, "_kv_cache", None)
+        if cache is None or not cache.fits(batch, max_len, self.block_dtype, self.device):
+            self._kv_cache = None           # free the old buffers first
+            cache = KVCache(c.depth, batch, max_len, c.num_kv_heads, c.head_dim, dtype=self.block_dtype,
+                            device=self.device)
+            self._kv_cache = cache
+        cache.reset()
+        return cache
+
+    def release_cache(self) -> None:
+        self._kv_cache = None
 
     # -- pieces of a step -----------------------------------------------------------------------------------------
     def text_prefix(self, text_LC: torch.Tensor, uncond_LC: torch.Tensor | None = None, batch: int = 2

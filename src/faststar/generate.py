@@ -106,7 +106,8 @@ def generate(model: STARTransformer, schedule: Schedule, text_LC: torch.Tensor, 
                 prev_canvas = canvas
             canvas = torch.zeros(1, cfg.d_vae, t_c, H, W, device=dev)
         N = s.num_tokens
-        ref_tok = cache.ref_len if s.ref_scale is not None else 0     # context this step attends to
+        refs = list(cache.ref_lens) if s.ref_scale is not None else [0] * cfg.depth   # per-layer context
+        ref_tok = refs[-1]                                                # context this step attends to
         is_ref = schedule.is_ref_step(st)
         forced = teacher_bits.get(st.index)
         x_view = area_down(canvas, s.thw)
@@ -122,6 +123,7 @@ def generate(model: STARTransformer, schedule: Schedule, text_LC: torch.Tensor, 
         pos = visual_positions(s.thw, HW, s.frame_start, cfg.text_maxlen + st.index)
         hidden = None
         guided = None
+        ran = None                          # tokens that ran the (last) blocks; None = all
         if plan.run:
             x = tokens
             p = pos
@@ -131,8 +133,9 @@ def generate(model: STARTransformer, schedule: Schedule, text_LC: torch.Tensor, 
                 h = x[None].expand(branches, -1, -1)
                 h = model.forward_blocks(h, cos, sin, cache, layer_outputs=layer_outs, layers=range(plan.prune_layer))
                 keep = plan.select(h, ctx)
-                h = h[:, keep]
-                cos, sin = cos[keep], sin[keep]
+                if keep is not None:
+                    h = h[:, keep]
+                    cos, sin = cos[keep], sin[keep]
                 h = model.forward_blocks(h, cos, sin, cache, layer_outputs=layer_outs,
                                          layers=range(plan.prune_layer, cfg.depth))
             else:
@@ -141,8 +144,9 @@ def generate(model: STARTransformer, schedule: Schedule, text_LC: torch.Tensor, 
                 h = model.forward_blocks(x[None].expand(branches, -1, -1), cos, sin, cache, layer_outputs=layer_outs)
             if is_ref:
                 cache.commit_ref(branches)
+            ran = keep
             if plan.restore is not None and keep is not None:
-                h = plan.restore(h, keep, ctx)
+                h = plan.restore(h, keep, ctx)          # all positions get hidden states, logits and codes
                 keep = None
             hidden = h
             logits = model.logits(h, s.bits)                                      # [B, Nk, 2d] fp32
@@ -174,10 +178,12 @@ def generate(model: STARTransformer, schedule: Schedule, text_LC: torch.Tensor, 
                 codes_Nd = full
                 bits_full = torch.zeros(N, s.bits, dtype=torch.uint8, device=dev)
                 bits_full[keep] = b
-                mask = torch.zeros(N, dtype=torch.bool, device=dev)
-                mask[keep] = True
             else:
-                bits_full, mask = b, None
+                bits_full = b
+            mask = None
+            if ran is not None:
+                mask = torch.zeros(N, dtype=torch.bool, device=dev)
+                mask[ran] = True
         else:
             codes_Nd = torch.zeros(N, s.bits, device=dev)
             bits_full = None
@@ -186,14 +192,20 @@ def generate(model: STARTransformer, schedule: Schedule, text_LC: torch.Tensor, 
         canvas = canvas + lift_codes(codes, cfg.d_vae, (H, W))
         if record is not None:
             record[f"step{st.index:03d}.canvas"] = canvas[0].float().cpu()
-        acc.observe(ctx, StepOutput(st, keep, hidden, codes, canvas))
+        acc.observe(ctx, StepOutput(st, ran, hidden, codes, canvas))
         bits_out.append(None if bits_full is None else bits_full.reshape(*s.thw, s.bits))
         masks.append(None if mask is None else mask.reshape(s.thw))
         if schedule.is_last_of_clip(st):
             canvases.append(canvas)
         # accounting
-        n_run = 0 if not plan.run else (N if keep is None else int(keep.numel()))
-        lin, att = step_flops(n_run, L + ref_tok + n_run, batch=branches, **kw)
+        n_run = 0 if not plan.run else (N if ran is None else int(ran.numel()))
+        p_layer = plan.prune_layer if (plan.run and plan.select is not None) else 0   # blocks that ran all N
+        lin = att = 0.0
+        if plan.run:
+            for layer in range(cfg.depth):
+                n_q = N if layer < p_layer else n_run
+                fl = step_flops(n_q, L + refs[layer] + n_q, batch=branches, **dict(kw, depth=1))
+                lin, att = lin + fl[0], att + fl[1]
         lin_d, att_d = step_flops(N, L + (schedule.scales[s.ref_scale].num_tokens if s.ref_scale is not None else 0)
                                   + N, batch=batch, **kw)
         if use_events:
@@ -204,6 +216,7 @@ def generate(model: STARTransformer, schedule: Schedule, text_LC: torch.Tensor, 
             _sync(dev)
         stats.append(dict(step=st.index, scale=s.index, clip=s.clip, thw=list(s.thw), rep=st.rep, tokens=N,
                           tokens_run=n_run, branches=branches if plan.run else 0, dense_branches=batch,
+                          ref_tokens=ref_tok, prune_layer=p_layer,
                           teacher_forced=forced is not None, flops=lin + att if plan.run else 0.0,
                           flops_dense=lin_d + att_d, time_s=time.perf_counter() - ts, **plan.info))
         if progress is not None:

@@ -58,11 +58,12 @@ def schedule_from_case(cfg: dict):
                           name="reference-case")
 
 
-def check_transformer_case(case: str | Path) -> list[dict]:
+def check_transformer_case(case: str | Path, device="cpu", attention: str = "sdpa") -> list[dict]:
     case = Path(case)
     cfg = json.loads((case / "config.json").read_text())
     weights = (case / cfg.get("weights_file", "weights.safetensors")).resolve()
-    model = load_transformer(weights, device="cpu", dtype=torch.float32, name=cfg.get("create_model_name"))
+    model = load_transformer(weights, device=device, dtype=torch.float32, name=cfg.get("create_model_name"))
+    model.set_attention_backend(attention)
     model.cfg.text_maxlen = cfg["architecture"].get("text_maxlen", 512)
     schedule = schedule_from_case(cfg)
     inp = load_file(str(case / "inputs.safetensors"))
@@ -73,6 +74,9 @@ def check_transformer_case(case: str | Path) -> list[dict]:
     teacher = {st.index: ref[f"step{st.index:03d}.bits"] for st in schedule.steps}
     layer_steps = {int(m.group(1)) for k in ref for m in [re.match(r"step(\d+)\.layer\d+\.out", k)] if m}
     rec: dict = {}
+    if device != "cpu" and torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     out = generate(model, schedule, inp["text_embedding"], guidance=guidance, teacher_bits=teacher,
                    record=rec, record_layers=layer_steps, skip_unread_forwards=False)
     rec["final_summed_codes"] = out.latent[0].cpu()

@@ -3,9 +3,11 @@
 At every step the loop builds a ``StepContext`` (read-only views of the loop state) and asks the active
 accelerator for a ``StepPlan``: which tokens run (``keep_idx``), how many guidance branches run, whether the step
 runs at all, whether pruned positions are restored from cached hidden states, and optionally a two-phase plan
-(run the first ``prune_layer`` blocks on all tokens, then let ``select`` pick the tokens for the rest). After the
-step the loop hands the accelerator a ``StepOutput`` (``observe``) so it can keep whatever cache it needs.
-The loop has no per-method branch: a method is only a plan.
+(run the first ``prune_layer`` blocks on all tokens, then let ``select`` pick the tokens for the rest; ``select``
+may return None to keep all, e.g. to only capture the hidden states). After the step the loop hands the
+accelerator a ``StepOutput`` (``observe``) so it can keep whatever cache it needs.
+The loop has no per-method branch: a method is only a plan. ``budget`` states, without tensors, what ``plan`` will
+cost (for FLOP prediction before a run).
 """
 from __future__ import annotations
 
@@ -25,8 +27,17 @@ class StepPlan:
     run: bool = True                         # False = skip the step: no forward, zero codes, canvas unchanged
     restore: Callable | None = None          # (h_kept [B,Nk,C], keep_idx, ctx) -> h_full [B,N,C]
     prune_layer: int = 0                     # >0: blocks [0, prune_layer) run on all tokens first
-    select: Callable | None = None           # (h_BNC after prune_layer blocks, ctx) -> keep_idx
+    select: Callable | None = None           # (h_BNC after prune_layer blocks, ctx) -> keep_idx or None (= all)
     info: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StepBudget:
+    """What a step's plan costs, known from the schedule alone (no tensors): the FLOP prediction's input."""
+    run: bool = True
+    branches: int = 2                        # requested guidance branches (the loop caps it at its batch)
+    tokens: int | None = None                # tokens through blocks [prune_layer, depth); None = all
+    prune_layer: int = 0                     # blocks [0, prune_layer) run on all tokens
 
 
 DENSE = StepPlan()
@@ -60,7 +71,7 @@ class StepContext:
 @dataclass
 class StepOutput:
     step: Step
-    keep_idx: torch.Tensor | None        # tokens that ran (None = all)
+    keep_idx: torch.Tensor | None        # tokens that ran the (last) blocks (None = all), also on restored steps
     hidden: torch.Tensor | None          # last-block output [B, N_run, C] (restored to all N if restore ran)
     codes: torch.Tensor                  # code grid of this step [1, d, t, h, w] (zero where pruned)
     canvas: torch.Tensor                 # canvas after the update
@@ -76,6 +87,11 @@ class Accelerator:
 
     def plan(self, ctx: StepContext) -> StepPlan:
         return DENSE
+
+    def budget(self, schedule: Schedule, step: Step) -> StepBudget:
+        """The cost of this step's plan without running it; must agree with ``plan`` (threshold modes: an upper
+        bound on the tokens)."""
+        return StepBudget()
 
     def observe(self, ctx: StepContext, out: StepOutput) -> None:
         """Called after every step that ran or was skipped."""

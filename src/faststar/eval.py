@@ -1,0 +1,250 @@
+"""Quality and speed of accelerators against the dense engine, reproducibly.
+
+For a model (the embedded testbed by default), a prompt set (shipped default or a JSONL file of
+``{"prompt": ..., "image": optional path}``) and several seeds: run dense and every requested accelerator
+configuration, then report PSNR / SSIM of each accelerated video against the dense video of the same prompt and
+seed, the seed-to-seed noise floor (dense seed s vs dense seed s + 1000), the FLOP-model speedup and the measured
+wall-time speedup (transformer + VAE decode). Every finished run is stored under ``OUT/runs`` and never redone
+(resumable). Writes ``results.json``, ``results.md``, ``pareto.png`` and ``latency.png``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_PROMPTS = Path(__file__).resolve().parent / "data" / "eval_prompts.jsonl"
+
+# method[:preset] strings; the standard comparison set (at several speedups each)
+STANDARD_METHODS = [
+    "faststar:quality", "faststar:balanced", "faststar:fast",
+    "faststar:spatial-balanced", "faststar:temporal-balanced", "faststar:restore-balanced",
+    "random:quality", "random:balanced", "random:fast",
+    "fastvar:quality", "fastvar:balanced", "fastvar:fast",
+    "stagevar:n1", "stagevar:n2", "stagevar:n3",
+    "skip:n1", "skip:n2", "skip:n3",
+]
+QUICK_METHODS = ["faststar:balanced", "faststar:fast", "random:balanced", "skip:n1"]
+
+
+def load_prompts(path: str | Path | None) -> list[dict]:
+    path = Path(path) if path else DEFAULT_PROMPTS
+    if not path.exists():
+        raise FileNotFoundError(f"prompt file not found: {path}")
+    items = []
+    for i, line in enumerate(path.read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{i + 1}: not JSON ({e})") from None
+        if "prompt" not in d:
+            raise ValueError(f"{path}:{i + 1}: every line needs a 'prompt'")
+        if d.get("image"):
+            img = Path(d["image"])
+            d["image"] = str(img if img.is_absolute() else (path.parent / img))
+        items.append(d)
+    if not items:
+        raise ValueError(f"{path} holds no prompts")
+    return items
+
+
+def _key(*parts) -> str:
+    return hashlib.sha1("|".join(str(p) for p in parts).encode()).hexdigest()[:16]
+
+
+class Runner:
+    def __init__(self, pipe, out: Path, log=print):
+        self.pipe, self.out, self.log = pipe, out, log
+        (out / "runs").mkdir(parents=True, exist_ok=True)
+
+    def run(self, method: str, item: dict, seed: int) -> tuple[dict, np.ndarray]:
+        """One generation (cached on disk): metadata and frames."""
+        from . import accel
+        k = _key(method, item["prompt"], item.get("image"), seed, self.pipe.spec.name)
+        meta_f, frames_f = self.out / "runs" / f"{k}.json", self.out / "runs" / f"{k}.npz"
+        if meta_f.exists() and frames_f.exists():
+            return json.loads(meta_f.read_text()), np.load(frames_f)["frames"]
+        name, _, preset = method.partition(":")
+        if name == "dense":
+            accel.remove(self.pipe)
+        else:
+            accel.apply(self.pipe, name, preset or None)
+        try:
+            out = self.pipe(item["prompt"], image=item.get("image"), seed=seed, progress=False)
+        finally:
+            accel.remove(self.pipe)
+        meta = dict(method=method, prompt=item["prompt"], image=item.get("image"), seed=seed, timings=out.timings,
+                    summary=out.summary,
+                    per_scale_time=_per_scale_time(out.stats))
+        np.savez_compressed(frames_f, frames=out.frames)
+        meta_f.write_text(json.dumps(meta))
+        return meta, out.frames
+
+
+def _per_scale_time(stats):
+    d: dict[int, float] = {}
+    for s in stats:
+        d[s["scale"]] = d.get(s["scale"], 0.0) + s["time_s"]
+    return d
+
+
+def run_eval(pipe, out_dir, methods: list[str], prompts: list[dict], seeds: list[int], log=print,
+             progress: bool = True) -> dict:
+    from .metrics import psnr, ssim
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runner = Runner(pipe, out, log)
+    jobs = [("dense", it, s) for it in prompts for s in seeds] + \
+           [("dense", it, s + 1000) for it in prompts for s in seeds] + \
+           [(m, it, s) for m in methods for it in prompts for s in seeds]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(jobs), desc="eval", unit="video")
+    rows = []
+    dense_cache: dict = {}
+    for m, it, s in jobs:
+        meta, frames = runner.run(m, it, s)
+        if bar is not None:
+            bar.set_postfix_str(m)
+            bar.update(1)
+        if m == "dense":
+            dense_cache[(it["prompt"], it.get("image"), s)] = (meta, frames)
+            continue
+        dmeta, dframes = dense_cache[(it["prompt"], it.get("image"), s)]
+        rows.append(dict(method=m, prompt=it["prompt"], image=it.get("image"), seed=s,
+                         psnr=psnr(frames, dframes), ssim=ssim(frames, dframes),
+                         flop_speedup=meta["summary"]["flop_speedup"],
+                         time_s=meta["timings"]["transformer_s"] + meta["timings"].get("vae_decode_s", 0.0),
+                         dense_time_s=dmeta["timings"]["transformer_s"] + dmeta["timings"].get("vae_decode_s", 0.0),
+                         per_scale_time=meta["per_scale_time"]))
+    if bar is not None:
+        bar.close()
+    floor = []
+    for it in prompts:
+        for s in seeds:
+            a = dense_cache[(it["prompt"], it.get("image"), s)][1]
+            b = dense_cache[(it["prompt"], it.get("image"), s + 1000)][1]
+            floor.append(dict(prompt=it["prompt"], image=it.get("image"), seed=s, psnr=psnr(a, b), ssim=ssim(a, b)))
+    summary = summarize_rows(rows)
+    dense_rows = [v[0] for v in dense_cache.values()]
+    result = dict(model=pipe.spec.name, device=str(pipe.device), seeds=seeds, prompts=prompts, methods=methods,
+                  date=time.strftime("%Y-%m-%d %H:%M"), noise_floor=dict(
+                      psnr=float(np.mean([f["psnr"] for f in floor])), ssim=float(np.mean([f["ssim"] for f in floor])),
+                      per_video=floor),
+                  dense_time_s=float(np.mean([d["timings"]["transformer_s"] + d["timings"].get("vae_decode_s", 0.0)
+                                              for d in dense_rows])),
+                  dense_per_scale_time=_mean_dicts([d["per_scale_time"] for d in dense_rows]),
+                  summary=summary, rows=rows)
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    (out / "results.md").write_text(results_markdown(result))
+    plot_pareto(result, out / "pareto.png")
+    plot_latency(result, out / "latency.png")
+    return result
+
+
+def _mean_dicts(ds):
+    keys = sorted({k for d in ds for k in d}, key=lambda x: int(x))
+    return {k: float(np.mean([d.get(k, 0.0) for d in ds])) for k in keys}
+
+
+def summarize_rows(rows: list[dict]) -> list[dict]:
+    by: dict[str, list] = {}
+    for r in rows:
+        by.setdefault(r["method"], []).append(r)
+    out = []
+    for m, rs in by.items():
+        ps = [r["psnr"] for r in rs]
+        out.append(dict(method=m, n=len(rs),
+                        psnr=float(np.mean([min(p, 100.0) for p in ps])), psnr_min=float(np.min(ps)),
+                        ssim=float(np.mean([r["ssim"] for r in rs])),
+                        flop_speedup=float(np.mean([r["flop_speedup"] for r in rs])),
+                        wall_speedup=float(np.mean([r["dense_time_s"] / r["time_s"] for r in rs])),
+                        per_scale_time=_mean_dicts([r["per_scale_time"] for r in rs])))
+    return out
+
+
+def results_markdown(res: dict) -> str:
+    lines = [f"# faststar eval: {res['model']} on {res['device']} ({res['date']})", "",
+             f"Seeds {res['seeds']}, {len(res['prompts'])} prompts. Quality: PSNR / SSIM of each accelerated video "
+             f"against the dense video of the same prompt and seed (uint8 RGB, all frames). Noise floor (dense seed s "
+             f"vs dense seed s+1000): PSNR {res['noise_floor']['psnr']:.2f} dB, SSIM {res['noise_floor']['ssim']:.3f}. "
+             f"Dense time {res['dense_time_s']:.2f} s per video (transformer + VAE decode).", "",
+             "| method | PSNR dB | min PSNR | SSIM | FLOP speedup | wall speedup |",
+             "|---|---|---|---|---|---|"]
+    for r in sorted(res["summary"], key=lambda r: (r["method"].split(":")[0], r["flop_speedup"])):
+        lines.append(f"| {r['method']} | {r['psnr']:.2f} | {r['psnr_min']:.2f} | {r['ssim']:.3f} | "
+                     f"{r['flop_speedup']:.2f}x | {r['wall_speedup']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_pareto(res: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    by: dict[str, list] = {}
+    for r in res["summary"]:
+        by.setdefault(r["method"].split(":")[0] + ("" if ":" not in r["method"] or r["method"].split(":")[1] in
+                                                    ("quality", "balanced", "fast") or r["method"].startswith(("skip", "stagevar"))
+                                                    else ":" + r["method"].split(":")[1].split("-")[0]), []).append(r)
+    for ax, xkey, xlabel in ((axes[0], "flop_speedup", "FLOP-model speedup"),
+                             (axes[1], "wall_speedup", "measured wall-time speedup")):
+        for name, rs in sorted(by.items()):
+            rs = sorted(rs, key=lambda r: r[xkey])
+            ax.plot([r[xkey] for r in rs], [r["psnr"] for r in rs], "o-", label=name)
+        ax.axhline(res["noise_floor"]["psnr"], color="gray", ls="--", lw=1, label="seed-to-seed floor")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("PSNR vs dense (dB)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"quality vs speedup ({res['model']}, {res['device']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_latency(res: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(10, 4))
+    dense = res["dense_per_scale_time"]
+    scales = list(dense)
+    x = np.arange(len(scales))
+    ax.bar(x - 0.2, [dense[s] for s in scales], 0.4, label="dense")
+    best = [r for r in res["summary"] if r["method"] == "faststar:balanced"]
+    if best:
+        ax.bar(x + 0.2, [best[0]["per_scale_time"].get(s, 0.0) for s in scales], 0.4, label="faststar:balanced")
+    ax.set_xticks(x, scales)
+    ax.set_xlabel("scale index")
+    ax.set_ylabel("time per video (s, all repetitions)")
+    ax.legend()
+    ax.set_title("per-scale latency")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main_eval(a) -> int:
+    from .pipeline import FastStarPipeline
+    pipe = FastStarPipeline.from_pretrained(a.model_dir, device=a.device)
+    prompts = load_prompts(a.prompts)
+    seeds = [int(s) for s in a.seeds.split(",")]
+    if a.methods:
+        methods = a.methods.split(",")
+    else:
+        methods = QUICK_METHODS if a.quick else STANDARD_METHODS
+    if a.quick:
+        prompts = prompts[:2]
+        seeds = seeds[:1]
+    res = run_eval(pipe, a.out, methods, prompts, seeds)
+    print(results_markdown(res))
+    print(f"wrote {a.out}/results.json, results.md, pareto.png, latency.png")
+    return 0

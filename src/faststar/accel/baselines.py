@@ -1,0 +1,343 @@
+"""The peer methods, rebuilt behind the same accelerator interface for side-by-side measurement.
+
+- ``FastVAR``   pivotal tokens by distance from the step's mean hidden state; pruned slots restored from a cached
+                earlier-scale branch output, resized (csguoh/FastVAR, adapted; see FastVARConfig for differences).
+- ``StageVAR``  single guidance branch on the last scales; optional "low-rank" stand-in on the last scale
+                (sen-mao/FasterVAR, adapted: no token mixing, see StageVARConfig).
+- ``SkipScales`` skip the last n scales of each video clip (FastVAR's implicit skip, SkipVAR's action).
+- ``random``    lives in faststar.py (``RandomPrune``): FastSTAR's machinery with a uniformly random score.
+
+Every method can be combined with StageVAR's single-branch late guidance (``single_branch_last``).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import torch
+
+from ..schedule import Schedule, Step
+from .base import Accelerator, StepBudget, StepContext, StepOutput, StepPlan
+from .faststar import (_check_ratios, _ratios, keep_count, match_batch, own_generator, position_from_end,
+                       resize_tokens, select_topk, single_branch)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# pure scores
+
+def fastvar_score(h_BNC: torch.Tensor) -> torch.Tensor:
+    """FastVAR's pivotal score per token [N]: squared L2 distance of its hidden state from the step's mean token
+    (the map's "DC" component), in fp32, averaged over the guidance rows (one kept set for both rows)."""
+    h = h_BNC.float()
+    return (h - h.mean(dim=1, keepdim=True)).pow(2).sum(-1).mean(0)
+
+
+def leverage_sample(tokens_NC: torch.Tensor, n: int, generator: torch.Generator, by_norm: bool = True
+                    ) -> torch.Tensor:
+    """n distinct token indices, drawn with probability proportional to each token's squared L2 norm
+    (StageVAR's representative-token sampling) or uniformly; sorted ascending."""
+    N = tokens_NC.shape[0]
+    if by_norm:
+        p = tokens_NC.float().pow(2).sum(-1).cpu()
+        if not torch.isfinite(p).all() or float(p.sum()) <= 0:
+            p = torch.ones(N)
+    else:
+        p = torch.ones(N)
+    idx = torch.multinomial(p, n, replacement=False, generator=generator)
+    return torch.sort(idx).values.to(tokens_NC.device)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# FastVAR
+
+@dataclass
+class FastVARConfig:
+    """FastVAR knobs, as the InfinityStar adaptation uses them.
+
+    keep_ratios: keep ratio per scale counted from the clip's last scale (last, second last, ...); the scales
+        listed (ratio < 1) are pruned, the rest run dense. FastVAR's own settings: Infinity-2B keeps 60% / 50% on
+        the 4th / 3rd scale from the end (32, 40) and skips the last two; HART keeps 50% / 25% on the last two.
+    prune_layer: blocks [0, prune_layer) run on all tokens, the score is taken on the hidden state there and
+        blocks [prune_layer, depth) run on the kept tokens. None = round(3 / 32 * depth) (FastVAR-Infinity
+        prunes from block 3 of 32). Difference: FastVAR runs its last 4 blocks dense again and rescores before
+        every sub-layer; here the kept set is chosen once and holds to the last block.
+    skip_last: skip the last n scales of each pruned clip outright (FastVAR-Infinity's silent 48/64 skip); 0 keeps
+        the pruning result separate from skipping.
+    prune_clip0: also prune clip 0 (the first frame).
+    dense_ref_steps: a step that a later clip attends to runs dense.
+    single_branch_last: combine with single-branch guidance on the last n scales of each clip.
+    resize: how the cached branch output is resized ("area" as FastVAR does).
+
+    Restoration: at the scale just before the first pruned scale of a clip, the branch output of blocks
+    [prune_layer, depth) (last-block output minus the hidden state at prune_layer) is cached for all tokens. A
+    pruned token's final hidden state = its hidden state at prune_layer + that cached delta resized to the
+    current grid; kept tokens take their computed states. Logits and codes are produced for every position.
+    """
+    keep_ratios: tuple[float, ...] | float = (0.2, 0.45, 0.7)
+    prune_layer: int | None = None
+    skip_last: int = 0
+    prune_clip0: bool = False
+    dense_ref_steps: bool = False
+    single_branch_last: int = 0
+    resize: str = "area"
+
+    def __post_init__(self):
+        self.keep_ratios = _ratios(self.keep_ratios)
+        _check_ratios("keep_ratios", self.keep_ratios)
+        if self.prune_layer is not None and self.prune_layer < 0:
+            raise ValueError(f"prune_layer must be >= 0 or None, got {self.prune_layer}")
+        if self.skip_last < 0 or self.single_branch_last < 0:
+            raise ValueError("skip_last and single_branch_last must be >= 0")
+
+
+class FastVAR(Accelerator):
+    name = "fastvar"
+    config_class = FastVARConfig
+
+    def __init__(self, config: FastVARConfig | None = None, **overrides):
+        cfg = config if config is not None else FastVARConfig()
+        self.cfg = replace(cfg, **overrides) if overrides else cfg
+        self.preset: str | None = None
+        self.depth: int | None = None
+        self._mid = None           # hidden state at prune_layer of the current step, all tokens [B, N, C]
+        self._delta = None         # (clip, thw, delta [B, N, C]) branch output of the cache scale
+
+    def setup(self, model_cfg) -> None:
+        self.depth = model_cfg.depth
+
+    @property
+    def prune_layer(self) -> int:
+        if self.depth is None:
+            raise RuntimeError("FastVAR needs the model depth: reset() or setup(model_cfg) first")
+        p = self.cfg.prune_layer if self.cfg.prune_layer is not None else round(3 / 32 * self.depth)
+        return min(p, self.depth - 1)
+
+    def reset(self, schedule: Schedule, model, seed: int) -> None:
+        self.setup(model.cfg)
+        self._mid = self._delta = None
+
+    def describe(self) -> dict:
+        return {"method": self.name, "preset": self.preset, **asdict(self.cfg)}
+
+    # -- schedule logic ---------------------------------------------------------------------------------------
+    def _in_clip(self, step: Step) -> bool:
+        return step.scale.clip > 0 or self.cfg.prune_clip0
+
+    def _ratio(self, schedule: Schedule, step: Step) -> float:
+        j = position_from_end(schedule, step.scale)
+        if not self._in_clip(step) or j < self.cfg.skip_last or j >= len(self.cfg.keep_ratios):
+            return 1.0
+        return self.cfg.keep_ratios[j]
+
+    def _cache_position(self) -> int | None:
+        """Position from the end of the cache scale: just before the first (coarsest) pruned scale."""
+        pruned = [j for j, r in enumerate(self.cfg.keep_ratios) if r < 1.0 and j >= self.cfg.skip_last]
+        return max(pruned) + 1 if pruned else None
+
+    def budget(self, schedule: Schedule, step: Step) -> StepBudget:
+        br = 1 if single_branch(schedule, step.scale, self.cfg.single_branch_last) else 2
+        if self._in_clip(step) and position_from_end(schedule, step.scale) < self.cfg.skip_last:
+            return StepBudget(run=False, branches=br)
+        rho = self._ratio(schedule, step)
+        if rho >= 1.0 or (self.cfg.dense_ref_steps and schedule.is_ref_step(step)):
+            return StepBudget(True, br, None, 0)
+        n = keep_count(rho, step.scale.num_tokens)
+        if n >= step.scale.num_tokens:
+            return StepBudget(True, br, None, 0)
+        return StepBudget(True, br, n, self.prune_layer)
+
+    def _is_cache_step(self, schedule: Schedule, step: Step) -> bool:
+        jc = self._cache_position()
+        return jc is not None and self._in_clip(step) and position_from_end(schedule, step.scale) == jc
+
+    # -- plan -------------------------------------------------------------------------------------------------
+    def plan(self, ctx: StepContext) -> StepPlan:
+        st, sch, p = ctx.step, ctx.schedule, self.prune_layer
+        b = self.budget(sch, st)
+        if not b.run:
+            return StepPlan(run=False, branches=b.branches, info=dict(skipped=True))
+        if b.tokens is None:
+            if self._is_cache_step(sch, st):
+                if p > 0:
+                    return StepPlan(branches=b.branches, prune_layer=p, select=self._capture)
+                self._mid = ctx.tokens[None]
+            return StepPlan(branches=b.branches)
+        info = dict(keep_ratio=self._ratio(sch, st), n_keep=b.tokens)
+        if p > 0:
+            def select(h_BNC, ctx_, _n=b.tokens, _info=info):
+                self._mid = h_BNC
+                return self._choose(h_BNC, _n, _info).to(h_BNC.device)
+            return StepPlan(branches=b.branches, prune_layer=p, select=select, restore=self._restore, info=info)
+        self._mid = ctx.tokens[None]
+        keep = self._choose(self._mid, b.tokens, info).to(ctx.tokens.device)
+        return StepPlan(keep_idx=keep, branches=b.branches, restore=self._restore, info=info)
+
+    def _choose(self, h_BNC: torch.Tensor, n: int, info: dict) -> torch.Tensor:
+        score = fastvar_score(h_BNC)
+        info["score_mean"] = float(score.mean())
+        return select_topk(score, n)
+
+    def _capture(self, h_BNC: torch.Tensor, ctx: StepContext):
+        self._mid = h_BNC
+        return None
+
+    def _restore(self, h_kept: torch.Tensor, keep: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        B = h_kept.shape[0]
+        full = match_batch(self._mid, B).to(h_kept.dtype)
+        if self._delta is not None and self._delta[0] == ctx.scale.clip:
+            _, thw, delta = self._delta
+            full = full + match_batch(resize_tokens(delta, thw, ctx.scale.thw, self.cfg.resize), B).to(full.dtype)
+        else:
+            full = full.clone()
+        full[:, keep] = h_kept
+        return full
+
+    def observe(self, ctx: StepContext, out: StepOutput) -> None:
+        st = ctx.step
+        if (self._is_cache_step(ctx.schedule, st) and out.hidden is not None and out.keep_idx is None
+                and self._mid is not None):
+            h = out.hidden
+            mid = match_batch(self._mid, h.shape[0])
+            self._delta = (st.scale.clip, st.scale.thw, (h.float() - mid.float()).to(h.dtype))
+        if st.scale.index_in_clip == 0 and st.rep == 0 and self._delta is not None \
+                and self._delta[0] != st.scale.clip:
+            self._delta = None
+        if not self._is_cache_step(ctx.schedule, st):
+            self._mid = None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# StageVAR / FasterVAR
+
+@dataclass
+class StageVARConfig:
+    """StageVAR knobs (the InfinityStar README runs single_branch_last=3, low_rank_last=1, rank_ratio=0.1).
+
+    single_branch_last: the last n scales of each clip run one guidance branch (the conditional one here; the
+        original keeps the row that carries the null-text K/V) with no CFG/APG: half the compute there.
+    low_rank_last: the last n scales of each clip run the "low-rank" stand-in. The original compresses the L
+        tokens into r random mixtures; RoPE gives every token its own (t, h, w) position, so mixtures of tokens
+        have no position and cannot run through our blocks. Our version: draw r = ceil(rank_ratio * N)
+        representative tokens with probability proportional to their squared input norm (the original's
+        leverage-style row sampling), run only those through all blocks at their true positions, and restore
+        every other position from the previous step's full last-block hidden states resized to the current
+        grid ("representative token restoration"); logits and codes are produced for all positions. A step
+        that a later clip attends to never takes this path (its K/V is the next clip's context).
+    rank_ratio: r / N of the stand-in.
+    sampling: "norm" (leverage-style) or "uniform".
+    clip0: apply to clip 0 as well.
+    resize: resize mode of the restored hidden states ("area" as the original).
+    seed_offset: varies the stand-in's own random stream.
+    """
+    single_branch_last: int = 3
+    low_rank_last: int = 0
+    rank_ratio: float = 0.1
+    sampling: str = "norm"
+    clip0: bool = True
+    resize: str = "area"
+    seed_offset: int = 0
+
+    def __post_init__(self):
+        if self.single_branch_last < 0 or self.low_rank_last < 0:
+            raise ValueError("single_branch_last and low_rank_last must be >= 0")
+        if not 0.0 < self.rank_ratio <= 1.0:
+            raise ValueError(f"rank_ratio must be in (0, 1], got {self.rank_ratio}")
+        if self.sampling not in ("norm", "uniform"):
+            raise ValueError(f"sampling must be 'norm' or 'uniform', got {self.sampling!r}")
+
+
+class StageVAR(Accelerator):
+    name = "stagevar"
+    config_class = StageVARConfig
+
+    def __init__(self, config: StageVARConfig | None = None, **overrides):
+        cfg = config if config is not None else StageVARConfig()
+        self.cfg = replace(cfg, **overrides) if overrides else cfg
+        self.preset: str | None = None
+        self._full = None          # (clip, thw, h_BNC) previous step's full last-block hidden
+
+    def reset(self, schedule: Schedule, model, seed: int) -> None:
+        self._full = None
+
+    def describe(self) -> dict:
+        return {"method": self.name, "preset": self.preset, **asdict(self.cfg)}
+
+    def _low_rank(self, schedule: Schedule, step: Step) -> int | None:
+        c, s = self.cfg, step.scale
+        if c.low_rank_last <= 0 or (s.clip == 0 and not c.clip0) or schedule.is_ref_step(step):
+            return None
+        if position_from_end(schedule, s) >= c.low_rank_last:
+            return None
+        n = keep_count(c.rank_ratio, s.num_tokens)
+        return n if n < s.num_tokens else None
+
+    def budget(self, schedule: Schedule, step: Step) -> StepBudget:
+        br = 1 if single_branch(schedule, step.scale, self.cfg.single_branch_last, self.cfg.clip0) else 2
+        return StepBudget(True, br, self._low_rank(schedule, step), 0)
+
+    def plan(self, ctx: StepContext) -> StepPlan:
+        b = self.budget(ctx.schedule, ctx.step)
+        if b.tokens is None:
+            return StepPlan(branches=b.branches)
+        info = dict(rank_ratio=self.cfg.rank_ratio, n_keep=b.tokens)
+        if self._full is None or self._full[0] != ctx.scale.clip:
+            info["low_rank_fallback"] = "no cached hidden states in this clip: dense"
+            return StepPlan(branches=b.branches, info=info)
+        g = own_generator(ctx.seed + self.cfg.seed_offset, ctx.step.index, salt=2)
+        keep = leverage_sample(ctx.tokens, b.tokens, g, by_norm=self.cfg.sampling == "norm")
+        return StepPlan(keep_idx=keep, branches=b.branches, restore=self._restore, info=info)
+
+    def _restore(self, h_kept: torch.Tensor, keep: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        _, thw, h_prev = self._full
+        full = match_batch(resize_tokens(h_prev, thw, ctx.scale.thw, self.cfg.resize), h_kept.shape[0])
+        full = full.to(h_kept.dtype).clone()
+        full[:, keep] = h_kept
+        return full
+
+    def observe(self, ctx: StepContext, out: StepOutput) -> None:
+        st, sch = ctx.step, ctx.schedule
+        i = st.index + 1
+        nxt = sch.steps[i] if i < sch.num_steps else None
+        if nxt is None or nxt.scale.clip != st.scale.clip or self._low_rank(sch, nxt) is None:
+            return
+        if out.hidden is not None and out.hidden.shape[1] == st.scale.num_tokens:
+            self._full = (st.scale.clip, st.scale.thw, out.hidden)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# scale skipping
+
+@dataclass
+class SkipConfig:
+    """last_n: skip the last n scales of each video clip (no forward, zero codes: the canvas stays as it is).
+    A step that a later clip attends to always runs (the loop forces it: its K/V is the context).
+    clip0: skip on clip 0 too. single_branch_last: combine with single-branch guidance on the last n scales."""
+    last_n: int = 1
+    clip0: bool = False
+    single_branch_last: int = 0
+
+    def __post_init__(self):
+        if self.last_n < 0 or self.single_branch_last < 0:
+            raise ValueError("last_n and single_branch_last must be >= 0")
+
+
+class SkipScales(Accelerator):
+    name = "skip"
+    config_class = SkipConfig
+
+    def __init__(self, config: SkipConfig | None = None, **overrides):
+        cfg = config if config is not None else SkipConfig()
+        self.cfg = replace(cfg, **overrides) if overrides else cfg
+        self.preset: str | None = None
+
+    def describe(self) -> dict:
+        return {"method": self.name, "preset": self.preset, **asdict(self.cfg)}
+
+    def budget(self, schedule: Schedule, step: Step) -> StepBudget:
+        s = step.scale
+        br = 1 if single_branch(schedule, s, self.cfg.single_branch_last) else 2
+        skipped = (s.clip > 0 or self.cfg.clip0) and position_from_end(schedule, s) < self.cfg.last_n
+        return StepBudget(run=not skipped, branches=br)
+
+    def plan(self, ctx: StepContext) -> StepPlan:
+        b = self.budget(ctx.schedule, ctx.step)
+        return StepPlan(run=b.run, branches=b.branches, info=dict(skipped=True) if not b.run else {})

@@ -1,0 +1,503 @@
+"""FastSTAR: spatiotemporal token pruning of the late scales, as docs/method (``method.md``) defines it.
+
+Two halves, tomesd style:
+- Pure scoring functions at module level (``channel_cosine``, ``scale_views``, ``spatial_similarity``,
+  ``temporal_similarity``, ``normalize``, ``importance``, ``select_topk``, ``select_threshold``, ``keep_count``,
+  ``resize_tokens``). They take tensors and know nothing about the loop, so they are unit tested on constructed
+  canvases.
+- ``FastSTAR(Accelerator)``: turns a ``FastSTARConfig`` into per-step plans. Which steps are prunable and how many
+  tokens they keep is a pure function of the schedule (``budget``), shared with the FLOP prediction.
+
+Importance of token i at a prunable step of scale k (the current clip's canvas before the step):
+    x_k = down_k(canvas), u_k = up_k(down_{k-1}(canvas))                      (area down, trilinear up)
+    S_sp(i) = cos(x_k(i), u_k(i))                           converged / flat -> 1, edges and texture lower
+    S_tm(i) = cos(x_k(f, y, x), x_k(f-1, y, x))              ("prev_frame"; frame -1 = previous clip's last frame)
+            or cos(x_k(f, y, x), ref_k(y, x))                ("prev_clip": the previous clip's last frame)
+    I(i) = w_sp * n(1 - S_sp(i)) + w_tm * n(1 - S_tm(i))    n = rank or divide-by-mean within the step
+The top ``ceil(rho * N)`` tokens by I run (shared by both guidance halves, indices sorted).
+``update="partial"``: pruned positions get a zero code (the canvas keeps its value there);
+``update="restore"``: pruned positions take the previous step's last-block hidden states, resized, and are
+sampled like the rest.
+
+Helpers shared with the baselines (``position_from_end``, ``detail_scale_count``, ``single_branch``,
+``own_generator``, ``match_batch``) live here too.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+
+from ..schedule import Scale, Schedule, Step
+from ..vae.quant import area_down
+from .base import Accelerator, StepBudget, StepContext, StepOutput, StepPlan
+
+SPATIAL_MODES = ("canvas", "hidden", "off")
+TEMPORAL_MODES = ("prev_frame", "prev_clip", "off")
+NORMS = ("rank", "mean")
+UPDATES = ("partial", "restore")
+SELECT_MODES = ("ratio", "threshold")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# pure scoring functions
+
+def channel_cosine(a: torch.Tensor, b: torch.Tensor, dim: int = 1, eps: float = 1e-6) -> torch.Tensor:
+    """Cosine similarity along ``dim``, of the two vectors each extended by one constant component sqrt(eps).
+
+    (a.b + eps) / sqrt((|a|^2 + eps)(|b|^2 + eps)): two all-zero vectors compare as 1 (equal), a zero vector
+    against a clearly non-zero one as ~0, and equal vectors as exactly 1. Computed in fp32; result in [-1, 1].
+    """
+    a, b = a.float(), b.float()
+    dot = (a * b).sum(dim)
+    na = a.pow(2).sum(dim) + eps
+    nb = b.pow(2).sum(dim) + eps
+    return ((dot + eps) * torch.rsqrt(na * nb)).clamp(-1.0, 1.0)
+
+
+def scale_views(canvas_BCTHW: torch.Tensor, thw: tuple[int, int, int], prev_thw: tuple[int, int, int]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_k, u_k): the canvas at scale k, and the canvas at scale k-1 brought back to k's grid (trilinear)."""
+    x = area_down(canvas_BCTHW, thw)
+    coarse = area_down(canvas_BCTHW, prev_thw)
+    if tuple(coarse.shape[-3:]) == tuple(thw):
+        return x, coarse
+    u = F.interpolate(coarse.float(), size=tuple(thw), mode="trilinear", align_corners=False)
+    return x, u
+
+
+def spatial_similarity(x_BCthw: torch.Tensor, u_BCthw: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """S_sp per token [N] (t, h, w raster order): cos over channels of the fine and the upsampled coarse view."""
+    return channel_cosine(x_BCthw, u_BCthw, dim=1, eps=eps)[0].flatten()
+
+
+def temporal_similarity(x_BCthw: torch.Tensor, prev_canvas_BCTHW: torch.Tensor | None, mode: str = "prev_frame",
+                        eps: float = 1e-6) -> torch.Tensor | None:
+    """S_tm per token [N], or None when there is no preceding clip (clip 0) or the mode is "off".
+
+    prev_frame: frame f against frame f-1 of the same view at the same (y, x); frame 0 against the preceding
+    clip's last latent frame resized to (h, w). prev_clip: every frame against that resized last frame.
+    """
+    if mode not in TEMPORAL_MODES:
+        raise ValueError(f"temporal must be one of {TEMPORAL_MODES}, got {mode!r}")
+    if mode == "off" or prev_canvas_BCTHW is None:
+        return None
+    t, h, w = x_BCthw.shape[-3:]
+    ref = area_down(prev_canvas_BCTHW[:, :, -1:].float(), (1, h, w)).to(x_BCthw.dtype)   # [B, C, 1, h, w]
+    if mode == "prev_clip":
+        other = ref.expand_as(x_BCthw)
+    else:
+        other = torch.cat([ref, x_BCthw[:, :, :-1]], dim=2)
+    return channel_cosine(x_BCthw, other, dim=1, eps=eps)[0].flatten()
+
+
+def normalize(v: torch.Tensor, mode: str = "rank", eps: float = 1e-12) -> torch.Tensor:
+    """Normalize one score term within a step so that term weights mean something.
+
+    rank: average rank of each value (ties share a rank) scaled to [0, 1]; mean: v / mean(v) (mean 1).
+    """
+    v = v.float()
+    if mode == "mean":
+        return v / v.mean().clamp_min(eps)
+    if mode != "rank":
+        raise ValueError(f"norm must be one of {NORMS}, got {mode!r}")
+    n = v.numel()
+    if n <= 1:
+        return torch.zeros_like(v)
+    sorted_v, order = torch.sort(v, stable=True)
+    _, inverse, counts = torch.unique_consecutive(sorted_v, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).float() - 1.0
+    avg = ends - (counts.float() - 1.0) / 2.0            # mean position of each group of equal values
+    ranks = torch.empty_like(v)
+    ranks[order] = avg[inverse]
+    return ranks / (n - 1)
+
+
+def importance(s_sp: torch.Tensor | None, s_tm: torch.Tensor | None, w_sp: float = 1.0, w_tm: float = 1.0,
+               norm: str = "rank") -> torch.Tensor:
+    """I = w_sp * n(1 - S_sp) + w_tm * n(1 - S_tm); a missing term (None) contributes nothing. High = keep."""
+    terms = [(s, w) for s, w in ((s_sp, w_sp), (s_tm, w_tm)) if s is not None and w != 0]
+    if not terms:
+        raise ValueError("importance needs at least one score term with a non-zero weight")
+    out = None
+    for s, w in terms:
+        t = w * normalize(1.0 - s.float(), norm)
+        out = t if out is None else out + t
+    return out
+
+
+def keep_count(ratio: float, n: int) -> int:
+    """ceil(ratio * n) clamped to [1, n] (ratio rounded to 1e-9 so that 0.3 * 10 keeps 3, not 4)."""
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"keep ratio must be in (0, 1], got {ratio}")
+    return max(1, min(n, math.ceil(round(ratio * n, 9))))
+
+
+def select_topk(score_N: torch.Tensor, n_keep: int) -> torch.Tensor:
+    """Indices of the n_keep highest scores (ties: lower index first), sorted ascending (coalesced gathers)."""
+    n = score_N.numel()
+    if not 1 <= n_keep <= n:
+        raise ValueError(f"n_keep must be in [1, {n}], got {n_keep}")
+    order = torch.sort(score_N, descending=True, stable=True).indices[:n_keep]
+    return torch.sort(order).values
+
+
+def select_threshold(score_N: torch.Tensor, threshold: float, floor: float = 0.0, cap: float = 1.0
+                     ) -> torch.Tensor:
+    """Every token with score > threshold, at least ceil(floor * N) and at most ceil(cap * N) of them (the
+    highest); sorted ascending."""
+    n = score_N.numel()
+    lo = keep_count(floor, n) if floor > 0 else 1
+    hi = keep_count(cap, n)
+    k = int((score_N > threshold).sum())
+    return select_topk(score_N, max(lo, min(hi, k)))
+
+
+def resize_tokens(h_BNC: torch.Tensor, thw_from: tuple[int, int, int], thw_to: tuple[int, int, int],
+                  mode: str = "trilinear") -> torch.Tensor:
+    """Hidden states of a (t, h, w) token grid resized to another grid: [B, N_from, C] -> [B, N_to, C].
+
+    Interpolates in fp32 one batch row at a time (peak memory), returns the input dtype. mode: "trilinear"
+    (align_corners False) or "area" (FastVAR's choice; for upsampling it repeats values) or "nearest-exact".
+    """
+    B, N, C = h_BNC.shape
+    if N != math.prod(thw_from):
+        raise ValueError(f"hidden has {N} tokens, grid {tuple(thw_from)} has {math.prod(thw_from)}")
+    if tuple(thw_from) == tuple(thw_to):
+        return h_BNC
+    kw = dict(align_corners=False) if mode == "trilinear" else {}
+    rows = []
+    for b in range(B):
+        x = h_BNC[b].float().T.reshape(1, C, *thw_from)
+        x = F.interpolate(x, size=tuple(thw_to), mode=mode, **kw)
+        rows.append(x.reshape(C, -1).T.to(h_BNC.dtype))
+    return torch.stack(rows)
+
+
+def match_batch(h_BNC: torch.Tensor, batch: int) -> torch.Tensor:
+    """Cached rows for a step with ``batch`` guidance rows: a single row is shared, extra rows are dropped."""
+    if h_BNC.shape[0] == batch:
+        return h_BNC
+    if h_BNC.shape[0] == 1:
+        return h_BNC.expand(batch, -1, -1)
+    return h_BNC[:batch]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# schedule helpers (pure ints), shared with the baselines
+
+def position_from_end(schedule: Schedule, scale: Scale) -> int:
+    """0 for the last scale of its clip, 1 for the one before, ..."""
+    return len(schedule.clip_scales(scale.clip)) - 1 - scale.index_in_clip
+
+
+def detail_scale_count(schedule: Schedule, clip: int) -> int:
+    """Scales of the clip that use the detail head (64 bits): the default prunable set."""
+    return sum(not s.semantic for s in schedule.clip_scales(clip))
+
+
+def single_branch(schedule: Schedule, scale: Scale, last_n: int, clip0: bool = True) -> bool:
+    """StageVAR-style guidance off: the last ``last_n`` scales of each clip (clip 0 too unless clip0=False)."""
+    return last_n > 0 and (clip0 or scale.clip > 0) and position_from_end(schedule, scale) < last_n
+
+
+def own_generator(seed: int, step: int, salt: int = 0) -> torch.Generator:
+    """A CPU generator of the accelerator's own, keyed by (seed, step, salt): the sampler's stream is untouched."""
+    g = torch.Generator(device="cpu")
+    g.manual_seed((int(seed) * 2_654_435_761 + 97_531 * (int(step) + 1) + 1_000_003 * int(salt)) % (2 ** 63 - 1))
+    return g
+
+
+def _ratios(v) -> tuple[float, ...]:
+    if isinstance(v, (int, float)):
+        return (float(v),)
+    return tuple(float(x) for x in v)
+
+
+def _check_ratios(name: str, ratios: tuple[float, ...]) -> None:
+    for r in ratios:
+        if not 0.0 < r <= 1.0:
+            raise ValueError(f"{name} must hold keep ratios in (0, 1], got {ratios}")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the accelerator
+
+@dataclass
+class FastSTARConfig:
+    """FastSTAR knobs. ``keep_ratios`` is the one that matters; the rest have defaults to try first.
+
+    keep_ratios: keep ratio per prunable scale, counted from the clip's LAST scale: (last, second last, ...).
+        A float means the same ratio on every prunable scale; prunable scales beyond the tuple run dense.
+        Lower = faster, less faithful. (Default = the "balanced" preset of presets.py.)
+    mode: "ratio" (top ceil(rho*N)) or "threshold" (keep I > threshold, at least ``floor``, at most ``cap`` of N,
+        on every prunable scale; keep_ratios is then unused).
+    threshold, floor, cap: threshold mode only. With norm="mean" each term has mean 1 within the step, so I has
+        mean w_sp + w_tm; with norm="rank" each term lies in [0, 1]. FLOP predictions assume the cap.
+    last_k: how many of each clip's last scales are prunable; None = the detail (64-bit) scales, the default.
+    prune_clip0: also prune clip 0 (the first frame). Off: it is a single frame, cheap, and every later clip
+        starts from it.
+    spatial: "canvas" (cos of the scale-k and scale-(k-1) canvas views), "hidden" (the same on the hidden
+        states after ``probe_layer`` blocks, against the previous scale's, cached and resized; costs those blocks
+        dense), or "off".
+    temporal: "prev_frame" (against the previous latent frame), "prev_clip" (against the preceding clip's last
+        frame), or "off". Clip 0 never has a temporal term.
+    w_sp, w_tm: weights of the two normalized terms.
+    norm: "rank" (robust, scale-free) or "mean" (keeps relative magnitudes).
+    update: "partial" (pruned positions get zero codes: Partial Update) or "restore" (FastVAR-like: pruned
+        positions take the previous step's last-block hidden states, resized; all positions are sampled).
+    probe_layer: blocks run on all tokens before scoring when spatial="hidden".
+    eps: cosine epsilon (all-zero vectors compare equal).
+    dense_ref_steps: a step that a later clip attends to runs dense (its K/V is the next clip's context);
+        off: the next clip sees only the kept positions.
+    single_branch_last: n > 0 also runs a single guidance branch (no CFG/APG) on the last n scales of each clip
+        (the StageVAR combination); 0 = off.
+    seed_offset: only used by the "random" control (its own generator).
+    """
+    keep_ratios: tuple[float, ...] | float = (0.2, 0.45, 0.7)
+    mode: str = "ratio"
+    threshold: float = 1.0
+    floor: float = 0.1
+    cap: float = 0.9
+    last_k: int | None = None
+    prune_clip0: bool = False
+    spatial: str = "canvas"
+    temporal: str = "prev_frame"
+    w_sp: float = 1.0
+    w_tm: float = 1.0
+    norm: str = "rank"
+    update: str = "partial"
+    probe_layer: int = 2
+    eps: float = 1e-6
+    dense_ref_steps: bool = False
+    single_branch_last: int = 0
+    seed_offset: int = 0
+
+    def __post_init__(self):
+        self.keep_ratios = _ratios(self.keep_ratios)
+        _check_ratios("keep_ratios", self.keep_ratios)
+        for name, val, ok in (("mode", self.mode, SELECT_MODES), ("spatial", self.spatial, SPATIAL_MODES),
+                              ("temporal", self.temporal, TEMPORAL_MODES), ("norm", self.norm, NORMS),
+                              ("update", self.update, UPDATES)):
+            if val not in ok:
+                raise ValueError(f"{name} must be one of {ok}, got {val!r}")
+        if not 0.0 < self.floor <= self.cap <= 1.0:
+            raise ValueError(f"need 0 < floor <= cap <= 1, got floor={self.floor}, cap={self.cap}")
+        if self.last_k is not None and self.last_k < 0:
+            raise ValueError(f"last_k must be >= 0 or None, got {self.last_k}")
+        if self.probe_layer < 1:
+            raise ValueError(f"probe_layer must be >= 1, got {self.probe_layer}")
+        if self.single_branch_last < 0:
+            raise ValueError(f"single_branch_last must be >= 0, got {self.single_branch_last}")
+
+
+class FastSTAR(Accelerator):
+    """Spatiotemporal token pruning on the last scales of each video clip (see the module docstring)."""
+
+    name = "faststar"
+    config_class = FastSTARConfig
+
+    def __init__(self, config: FastSTARConfig | None = None, **overrides):
+        cfg = config if config is not None else self.config_class()
+        if overrides:
+            cfg = replace(cfg, **overrides)
+        self._validate(cfg)
+        self.cfg = cfg
+        self.preset: str | None = None
+        self.depth: int | None = None
+        self._probe: dict = {}         # (clip, index_in_clip) -> hidden after probe_layer blocks, all tokens
+        self._full = None              # (clip, thw, h_BNC): latest full last-block hidden (restore)
+
+    def _validate(self, cfg):
+        if cfg.spatial == "off" and cfg.temporal == "off":
+            raise ValueError("spatial and temporal are both 'off': nothing to score (the 'random' method is the "
+                             "unscored control)")
+
+    # -- state ----------------------------------------------------------------------------------------------
+    def setup(self, model_cfg) -> None:
+        """Bind to a model's shape (also used by the FLOP prediction, which has no model)."""
+        self.depth = model_cfg.depth
+        if self.cfg.spatial == "hidden" and self.cfg.probe_layer >= self.depth:
+            raise ValueError(f"probe_layer {self.cfg.probe_layer} must be below the model depth {self.depth}")
+
+    def reset(self, schedule: Schedule, model, seed: int) -> None:
+        self.setup(model.cfg)
+        self._probe = {}
+        self._full = None
+
+    def describe(self) -> dict:
+        return {"method": self.name, "preset": self.preset, **asdict(self.cfg)}
+
+    # -- what runs where (pure schedule logic, shared by plan and budget) -------------------------------------
+    def keep_ratio(self, schedule: Schedule, step: Step) -> float | None:
+        """Keep ratio of a prunable step (threshold mode: the cap), or None if the step is not prunable."""
+        c, s = self.cfg, step.scale
+        if s.clip == 0 and not c.prune_clip0:
+            return None
+        k = c.last_k if c.last_k is not None else detail_scale_count(schedule, s.clip)
+        j = position_from_end(schedule, s)
+        if j >= k:
+            return None
+        if c.mode == "threshold":
+            return c.cap
+        return c.keep_ratios[j] if j < len(c.keep_ratios) else 1.0
+
+    def _scored(self, clip: int) -> bool:
+        """Whether a score exists on this clip (clip 0 has no temporal term)."""
+        return self.cfg.spatial != "off" or (self.cfg.temporal != "off" and clip > 0)
+
+    def _pruned_tokens(self, schedule: Schedule, step: Step) -> int | None:
+        """Tokens kept at a pruned step (threshold mode: the cap), or None when the step runs dense."""
+        c = self.cfg
+        rho = self.keep_ratio(schedule, step)
+        if rho is None or rho >= 1.0 or not self._scored(step.scale.clip):
+            return None
+        if c.dense_ref_steps and schedule.is_ref_step(step):
+            return None
+        N = step.scale.num_tokens
+        n = keep_count(rho, N)
+        return n if (n < N or c.mode == "threshold") else None   # threshold mode: n is only the cap
+
+    def _uses_probe(self) -> bool:
+        return self.cfg.spatial == "hidden"
+
+    def budget(self, schedule: Schedule, step: Step) -> StepBudget:
+        br = 1 if single_branch(schedule, step.scale, self.cfg.single_branch_last) else 2
+        n = self._pruned_tokens(schedule, step)
+        if n is None:
+            return StepBudget(True, br, None, 0)
+        return StepBudget(True, br, n, self.cfg.probe_layer if self._uses_probe() else 0)
+
+    def _next_step(self, schedule: Schedule, step: Step) -> Step | None:
+        i = step.index + 1
+        if i >= schedule.num_steps:
+            return None
+        nxt = schedule.steps[i]
+        return nxt if nxt.scale.clip == step.scale.clip else None
+
+    def _next_scale_pruned(self, schedule: Schedule, step: Step) -> bool:
+        """The next scale of the clip is pruned: this scale's probe hidden states are its reference."""
+        s = step.scale
+        if s.index_in_clip + 1 >= len(schedule.clip_scales(s.clip)):
+            return False
+        nxt = schedule.scales[s.index + 1]
+        return self._pruned_tokens(schedule, schedule.steps[nxt.first_step]) is not None
+
+    # -- plan -----------------------------------------------------------------------------------------------
+    def plan(self, ctx: StepContext) -> StepPlan:
+        c, st, sch = self.cfg, ctx.step, ctx.schedule
+        b = self.budget(sch, st)
+        if b.tokens is None:
+            if self._uses_probe() and self._next_scale_pruned(sch, st):
+                return StepPlan(branches=b.branches, prune_layer=c.probe_layer, select=self._capture)
+            return StepPlan(branches=b.branches)
+        rho = self.keep_ratio(sch, st)
+        info = dict(keep_ratio=rho, n_keep=b.tokens)
+        restore = None
+        if c.update == "restore":
+            if self._full is not None and self._full[0] == st.scale.clip:
+                restore = self._restore
+            else:
+                info["restore_fallback"] = "no cached hidden states in this clip: partial update"
+        if self._uses_probe():
+            def select(h_BNC, ctx_, _info=info):
+                return self._select(ctx_, h_BNC, _info)
+            return StepPlan(branches=b.branches, prune_layer=c.probe_layer, select=select, restore=restore,
+                            info=info)
+        keep = self._select(ctx, None, info)
+        return StepPlan(keep_idx=keep, branches=b.branches, restore=restore, info=info)
+
+    # -- scoring and selection ------------------------------------------------------------------------------
+    def _prev_thw(self, ctx: StepContext) -> tuple[int, int, int]:
+        s = ctx.scale
+        if s.index_in_clip == 0:
+            return (s.thw[0], 1, 1)
+        return ctx.schedule.scales[s.index - 1].thw
+
+    def _importance(self, ctx: StepContext, h_BNC: torch.Tensor | None, info: dict) -> torch.Tensor:
+        c, s = self.cfg, ctx.scale
+        s_sp = None
+        if c.spatial == "hidden" and h_BNC is not None:
+            prev = self._probe.get((s.clip, s.index_in_clip - 1))
+            if prev is not None:
+                g = resize_tokens(prev[1][:1], prev[0], s.thw, "trilinear")[0]
+                s_sp = channel_cosine(h_BNC[0], g, dim=-1, eps=c.eps)
+            else:
+                info["spatial_fallback"] = "no previous-scale hidden states: canvas score"
+        if c.spatial != "off" and s_sp is None:
+            x, u = scale_views(ctx.canvas, s.thw, self._prev_thw(ctx))
+            s_sp = spatial_similarity(x, u, c.eps)
+        s_tm = temporal_similarity(ctx.x_view, ctx.prev_clip_canvas, c.temporal, c.eps)
+        if s_sp is not None:
+            info["s_sp_mean"] = float(s_sp.mean())
+        if s_tm is not None:
+            info["s_tm_mean"] = float(s_tm.mean())
+        return importance(s_sp, s_tm, c.w_sp, c.w_tm, c.norm)
+
+    def _select(self, ctx: StepContext, h_BNC: torch.Tensor | None, info: dict) -> torch.Tensor | None:
+        c, s = self.cfg, ctx.scale
+        if h_BNC is not None:
+            self._store_probe(s, h_BNC)
+        score = self._importance(ctx, h_BNC, info)
+        N = score.numel()
+        if c.mode == "ratio":
+            keep = select_topk(score, info["n_keep"])
+        else:
+            keep = select_threshold(score, c.threshold, c.floor, c.cap)
+            info["n_keep"] = int(keep.numel())
+        info["kept_fraction"] = keep.numel() / N
+        if keep.numel() >= N:
+            return None
+        return keep.to(ctx.canvas.device)
+
+    def _store_probe(self, scale: Scale, h_BNC: torch.Tensor) -> None:
+        key = (scale.clip, scale.index_in_clip)
+        for k in [k for k in self._probe if k[0] != scale.clip or k[1] < scale.index_in_clip - 1]:
+            del self._probe[k]
+        self._probe[key] = (scale.thw, h_BNC)
+
+    def _capture(self, h_BNC: torch.Tensor, ctx: StepContext):
+        self._store_probe(ctx.scale, h_BNC)
+        return None
+
+    # -- restore --------------------------------------------------------------------------------------------
+    def _restore(self, h_kept: torch.Tensor, keep: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        _, thw, h_prev = self._full
+        full = match_batch(resize_tokens(h_prev, thw, ctx.scale.thw, "trilinear"), h_kept.shape[0])
+        full = full.to(h_kept.dtype).clone()
+        full[:, keep] = h_kept
+        return full
+
+    def observe(self, ctx: StepContext, out: StepOutput) -> None:
+        if self.cfg.update != "restore":
+            return
+        st = ctx.step
+        nxt = self._next_step(ctx.schedule, st)
+        if nxt is None or self._pruned_tokens(ctx.schedule, nxt) is None:
+            return
+        h = out.hidden
+        if h is not None and h.shape[1] == st.scale.num_tokens:
+            self._full = (st.scale.clip, st.scale.thw, h)
+
+
+class RandomPrune(FastSTAR):
+    """The control: a uniformly random kept subset at FastSTAR's ratios (same update, same schedule), drawn from
+    the accelerator's own generator keyed by (seed + seed_offset, step), so the sampler's stream is unchanged."""
+
+    name = "random"
+
+    def __init__(self, config: FastSTARConfig | None = None, **overrides):
+        super().__init__(config, **overrides)
+        self.cfg = replace(self.cfg, spatial="off", temporal="off")   # no score: not used, and no probe blocks
+
+    def _validate(self, cfg):
+        pass
+
+    def _scored(self, clip: int) -> bool:
+        return True
+
+    def _importance(self, ctx: StepContext, h_BNC, info: dict) -> torch.Tensor:
+        g = own_generator(ctx.seed + self.cfg.seed_offset, ctx.step.index, salt=1)
+        return torch.rand(ctx.num_tokens, generator=g).to(ctx.canvas.device)

@@ -49,6 +49,7 @@ def test_psnr_known_values():
     x = torch.linspace(0, 1, 2 * 4 * 4 * 3).view(2, 4, 4, 3)
     assert psnr(x, x + 0.1, max_val=1.0) == pytest.approx(20.0, abs=1e-5)
     assert psnr(torch.from_numpy(a), a + 16) == psnr(a, a + 16)
+    assert psnr(a, b, chunk=1, device="cpu") == psnr(a, b)
 
 
 def test_psnr_no_uint8_wraparound():
@@ -103,6 +104,10 @@ def test_ssim_properties():
     # mean over frames; chunking does not change it; a single image is a 1-frame video
     per_frame = [ssim(a[t], b[t]) for t in range(2)]
     assert ssim(a, b, chunk=1) == pytest.approx(np.mean(per_frame), abs=1e-14)
+    assert ssim(a, b, device="cpu") == ssim(a, b)
+    ro = a.copy()
+    ro.flags.writeable = False                                # read-only arrays are accepted without warnings
+    assert ssim(ro, b) == ssim(a, b)
     # more noise -> lower SSIM
     noisier = np.clip(a.astype(int) + 3 * (b.astype(int) - a.astype(int)), 0, 255).astype(np.uint8)
     assert ssim(a, noisier) < ssim(a, b) < 1.0

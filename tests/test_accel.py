@@ -1,0 +1,417 @@
+"""Accelerators on a tiny random model: exactness when off, accounting, scores, Partial Update, multi-clip
+references, the baselines, apply/remove, the restore variant, presets and the mask overlay."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from faststar import build_schedule, build_transformer, official_schedule
+from faststar.accel import METHODS, PRESETS, apply, flop_plan, make_accelerator, remove
+from faststar.accel.base import Accelerator
+from faststar.accel.baselines import FastVAR, SkipScales, StageVAR, fastvar_score, leverage_sample
+from faststar.accel.faststar import (FastSTAR, RandomPrune, channel_cosine, importance, keep_count, normalize,
+                                     own_generator, resize_tokens, scale_views, select_threshold, select_topk,
+                                     spatial_similarity, temporal_similarity)
+from faststar.accel.viz import mask_video
+from faststar.generate import generate
+from faststar.schedule import step_flops
+from faststar.vae.quant import lift_codes
+
+SEED = 3
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """golden-tiny with random weights, 3 clips (clip 1's last scale is clip 2's context), 2 detail scales."""
+    torch.manual_seed(0)
+    model = build_transformer("golden-tiny").eval()
+    sched = build_schedule([(1, 1), (2, 2), (3, 4), (4, 6), (6, 8)], [1, 3, 3], image_reps=[1] * 5,
+                           video_reps=[2, 1, 1, 2, 1], semantic_scales=3, name="accel-tiny")
+    text = torch.randn(7, 32, generator=torch.Generator().manual_seed(1))
+    dense = generate(model, sched, text, seed=SEED)
+    return model, sched, text, dense
+
+
+def run(tiny, acc, seed=SEED):
+    model, sched, text, _ = tiny
+    return generate(model, sched, text, seed=seed, accelerator=acc)
+
+
+def recording(acc):
+    """Keep (step, canvas before the step, StepOutput) of every step; the accelerator still observes."""
+    log = []
+    inner = acc.observe
+
+    def observe(ctx, out):
+        log.append((ctx.step, ctx.canvas, out))
+        inner(ctx, out)
+    acc.observe = observe
+    return log
+
+
+def assert_same_as_dense(out, dense):
+    assert torch.equal(out.latent, dense.latent)
+    for a, b in zip(out.bits, dense.bits):
+        assert torch.equal(a, b)
+    assert all(m is None for m in out.masks)
+
+
+# ---------------------------------------------------------------------------------------------- (1) off = dense
+@pytest.mark.parametrize("method,kw", [
+    ("faststar", dict(keep_ratios=1.0)),
+    ("faststar", dict(keep_ratios=1.0, spatial="hidden", update="restore")),
+    ("random", dict(keep_ratios=1.0)),
+    ("fastvar", dict(keep_ratios=1.0, prune_layer=1)),
+    ("stagevar", dict(single_branch_last=0, low_rank_last=0)),
+    ("skip", dict(last_n=0)),
+])
+def test_off_settings_are_bit_identical_to_dense(tiny, method, kw):
+    assert_same_as_dense(run(tiny, make_accelerator(method, **kw)), tiny[3])
+
+
+def test_removed_accelerator_is_bit_identical_to_dense(tiny):
+    class Holder:
+        accelerator = None
+    h = Holder()
+    apply(h, "faststar", "fast")
+    pruned = run(tiny, h.accelerator)
+    assert not torch.equal(pruned.latent, tiny[3].latent)
+    remove(h)
+    assert h.accelerator is None
+    assert_same_as_dense(run(tiny, h.accelerator), tiny[3])
+
+
+# ---------------------------------------------------------------------------------------------- (2) accounting
+def test_tokens_run_are_ceil_rho_n(tiny):
+    _, sched, _, _ = tiny
+    acc = make_accelerator("faststar", "balanced")          # keep (0.3, 0.55, 0.8) from the last scale
+    out = run(tiny, acc)
+    pruned = 0
+    for st, row, mask in zip(sched.steps, out.stats, out.masks):
+        rho = acc.keep_ratio(sched, st)
+        N = st.scale.num_tokens
+        expect = N if rho is None or rho >= 1 else math.ceil(round(rho * N, 9))
+        assert row["tokens_run"] == expect and row["tokens"] == N
+        if expect < N:
+            pruned += 1
+            assert int(mask.sum()) == expect and row["n_keep"] == expect and row["keep_ratio"] == rho
+        else:
+            assert mask is None
+    assert pruned == 6                                       # detail scales (2 + 1 steps) of clips 1 and 2
+    last = out.stats[-1]
+    assert last["tokens_run"] == 44                          # ceil(0.3 * 144)
+    model, _, text, _ = tiny
+    kw = dict(depth=model.cfg.depth, width=model.cfg.width, num_heads=model.cfg.num_heads,
+              num_kv_heads=model.cfg.num_kv_heads, mlp_hidden=model.cfg.mlp_hidden, batch=2)
+    n, ref = last["tokens_run"], last["ref_tokens"]
+    assert last["flops"] == pytest.approx(sum(step_flops(n, text.shape[0] + ref + n, **kw)), rel=1e-12)
+
+
+@pytest.mark.parametrize("method,kw", [
+    ("faststar", {}),
+    ("faststar", dict(spatial="hidden")),                   # two-phase: probe blocks on all tokens
+    ("faststar", dict(single_branch_last=2, update="restore")),
+    ("random", dict(keep_ratios=(0.25, 0.5))),
+    ("fastvar", dict(prune_layer=1)),
+    ("fastvar", dict(keep_ratios=(1.0, 1.0, 0.5), skip_last=2)),
+    ("stagevar", {}),
+    ("skip", dict(last_n=2)),
+])
+def test_stats_match_flop_plan(tiny, method, kw):
+    model, sched, text, _ = tiny
+    acc = make_accelerator(method, **kw)
+    out = run(tiny, acc)
+    plan = flop_plan(method, schedule=sched, model_cfg=model.cfg, text_len=text.shape[0], **kw)
+    for row, pred in zip(out.stats, plan["steps"]):
+        assert (row["tokens_run"], row["branches"], row["ref_tokens"]) == \
+            (pred["tokens_run"], pred["branches"], pred["ref_tokens"]), row["step"]
+        assert row["flops"] == pytest.approx(pred["flops"], rel=1e-12)
+        assert row["flops_dense"] == pytest.approx(pred["flops_dense"], rel=1e-12)
+    s = out.summary()
+    assert s["flops"] == pytest.approx(plan["flops"], rel=1e-12) and s["flops"] < s["flops_dense"]
+
+
+# ---------------------------------------------------------------------------------------------- (3) scores
+def _vec(i, C=64):
+    v = torch.zeros(C)
+    v[i] = 1.0
+    return v
+
+
+def test_cosine_epsilon_zero_vectors_compare_equal():
+    z = torch.zeros(1, 64, 2)
+    a = torch.randn(1, 64, 2)
+    assert torch.equal(channel_cosine(z, z), torch.ones(1, 2))
+    assert torch.equal(channel_cosine(a, a), torch.ones(1, 2))
+    assert channel_cosine(z, a).abs().max() < 1e-3
+    assert torch.allclose(channel_cosine(a, -a), -torch.ones(1, 2), atol=1e-5)
+
+
+def test_spatial_flat_region_converged_edge_region_not():
+    a, b = _vec(0), _vec(1)
+    canvas = torch.zeros(1, 64, 1, 8, 8)
+    canvas[0, :, 0, :, :4] = a[:, None, None]                       # left half: flat
+    for y in range(8):
+        for x in range(4, 8):
+            canvas[0, :, 0, y, x] = a if (x + y) % 2 == 0 else b    # right half: texture at the finest grid
+    x_k, u_k = scale_views(canvas, (1, 8, 8), (1, 4, 4))
+    s = spatial_similarity(x_k, u_k).reshape(8, 8)
+    assert s[:, :3].min() > 0.9999                                  # flat interior: nothing new at scale k
+    assert s[:, 5:].max() < 0.75                                    # texture: cos(a, (a+b)/2) = 0.707
+    keep = select_topk(importance(s.flatten(), None), 8 * 3)
+    assert set((keep % 8).tolist()) <= {4, 5, 6, 7}
+
+
+def _moving_blob():
+    a, b = _vec(0), _vec(1)
+    cur = a[None, :, None, None, None].repeat(1, 1, 3, 8, 8)
+    for f in range(3):
+        cur[0, :, f, 0:2, 2 * f:2 * f + 2] = b[:, None, None]           # the blob moves right by 2 per frame
+    prev = a[None, :, None, None, None].repeat(1, 1, 2, 8, 8)
+    prev[0, :, -1, 0:2, 0:2] = b[:, None, None]                         # where it was at the end of the clip
+    return cur, prev
+
+
+def test_temporal_static_still_moving_not():
+    cur, prev = _moving_blob()
+    s = temporal_similarity(cur, prev, "prev_frame").reshape(3, 8, 8)
+    moving = s < 0.5
+    expect = torch.zeros(3, 8, 8, dtype=torch.bool)
+    expect[1, 0:2, 0:4] = True                                      # frame 1: left (0:2) and entered (2:4)
+    expect[2, 0:2, 2:6] = True
+    assert torch.equal(moving, expect)
+    assert torch.equal(s[~expect], torch.ones(int((~expect).sum())))
+    s2 = temporal_similarity(cur, prev, "prev_clip").reshape(3, 8, 8)
+    expect2 = torch.zeros(3, 8, 8, dtype=torch.bool)
+    expect2[1, 0:2, 0:4] = True
+    expect2[2, 0:2, 0:2] = True
+    expect2[2, 0:2, 4:6] = True
+    assert torch.equal(s2 < 0.5, expect2)
+    assert temporal_similarity(cur, None, "prev_frame") is None     # clip 0: no preceding clip
+    assert temporal_similarity(cur, prev, "off") is None
+
+
+def test_importance_keeps_moving_and_unconverged_tokens():
+    cur, prev = _moving_blob()
+    s_tm = temporal_similarity(cur, prev, "prev_frame")
+    s_sp = torch.ones_like(s_tm)
+    s_sp[:5] = 0.5                                                  # a few unconverged tokens in frame 0
+    imp = importance(s_sp, s_tm, 1.0, 1.0, "rank")
+    keep = select_topk(imp, 16 + 5)
+    moving = (s_tm < 0.5).nonzero().flatten()
+    assert set(moving.tolist()) | set(range(5)) == set(keep.tolist())
+    assert torch.equal(keep, torch.sort(keep).values)
+
+
+def test_normalize_select_and_counts():
+    r = normalize(torch.tensor([0.0, 0.0, 1.0, 2.0]), "rank")
+    assert torch.allclose(r, torch.tensor([0.5, 0.5, 2.0, 3.0]) / 3)
+    assert torch.allclose(normalize(torch.tensor([1.0, 3.0]), "mean"), torch.tensor([0.5, 1.5]))
+    with pytest.raises(ValueError, match="norm must be one of"):
+        normalize(torch.ones(3), "max")
+    assert torch.equal(select_topk(torch.tensor([1.0, 5.0, 5.0, 0.0, 7.0]), 3), torch.tensor([1, 2, 4]))
+    assert torch.equal(select_topk(torch.tensor([2.0, 2.0, 2.0]), 2), torch.tensor([0, 1]))   # ties: lower index
+    assert keep_count(0.3, 10) == 3 and keep_count(0.55, 72) == 40 and keep_count(0.001, 10) == 1
+    with pytest.raises(ValueError, match="keep ratio"):
+        keep_count(0.0, 10)
+    sc = torch.arange(10.0)
+    assert select_threshold(sc, 6.5).tolist() == [7, 8, 9]
+    assert select_threshold(sc, 8.5, floor=0.3).tolist() == [7, 8, 9]          # at least 3
+    assert select_threshold(sc, -1.0, cap=0.5).tolist() == [5, 6, 7, 8, 9]     # at most 5
+
+
+def test_fastvar_score_and_resize():
+    h = torch.ones(2, 6, 4)
+    h[:, 3] = 5.0
+    s = fastvar_score(h)
+    assert int(s.argmax()) == 3 and s[0] == s[1]
+    x = torch.randn(2, 2 * 3 * 4, 8)
+    assert resize_tokens(x, (2, 3, 4), (2, 3, 4)) is x
+    y = resize_tokens(x, (2, 3, 4), (2, 6, 8), "area")
+    assert y.shape == (2, 96, 8)
+    assert torch.equal(y.reshape(2, 2, 6, 8, 8)[:, :, ::2, ::2], x.reshape(2, 2, 3, 4, 8))   # area up repeats
+    idx = leverage_sample(torch.randn(50, 4), 10, own_generator(0, 1))
+    assert idx.numel() == 10 and torch.equal(idx, idx.unique())
+
+
+# ---------------------------------------------------------------------------------------------- (4) Partial Update
+def test_partial_update_zero_codes_at_pruned_positions(tiny):
+    model, sched, _, _ = tiny
+    acc = make_accelerator("faststar", "balanced")
+    log = recording(acc)
+    out = run(tiny, acc)
+    HW = sched.final_hw
+    n_pruned = 0
+    for (st, canvas_before, o), bits, mask in zip(log, out.bits, out.masks):
+        assert torch.equal(o.canvas, canvas_before + lift_codes(o.codes, model.cfg.d_vae, HW))
+        if o.keep_idx is None:
+            continue
+        n_pruned += 1
+        N, d = st.scale.num_tokens, st.scale.bits
+        codes_Nd = o.codes[0].permute(1, 2, 3, 0).reshape(N, d)
+        kept = torch.zeros(N, dtype=torch.bool)
+        kept[o.keep_idx] = True
+        assert torch.equal(kept, mask.flatten())
+        assert (codes_Nd[~kept] == 0).all() and (codes_Nd[kept].abs() == 1 / math.sqrt(d)).all()
+        assert (bits.reshape(N, d)[~kept] == 0).all()
+        assert o.hidden.shape[1] == int(kept.sum())
+    assert n_pruned == 6
+
+
+# ---------------------------------------------------------------------------------------------- (5) multi-clip
+def test_pruned_reference_step_shrinks_next_clip_context(tiny):
+    _, sched, _, _ = tiny
+    ref_step = sched.clip_scales(1)[-1].first_step
+    assert sched.is_ref_step(sched.steps[ref_step])
+    out = run(tiny, make_accelerator("faststar", "balanced"))
+    kept = int(out.masks[ref_step].sum())
+    assert kept == 44
+    clip2 = [r for r in out.stats if r["clip"] == 2]
+    assert clip2 and all(r["ref_tokens"] == kept for r in clip2)
+    full = run(tiny, make_accelerator("faststar", "balanced", dense_ref_steps=True))
+    assert full.masks[ref_step] is None and full.stats[ref_step]["tokens_run"] == 144
+    assert all(r["ref_tokens"] == 144 for r in full.stats if r["clip"] == 2)
+    assert full.masks[-1] is not None                            # clip 2's last scale (no later clip) is pruned
+
+
+# ---------------------------------------------------------------------------------------------- (6) baselines
+def test_skip_zero_codes_and_reference_always_runs(tiny):
+    _, sched, _, _ = tiny
+    acc = make_accelerator("skip", last_n=2)
+    log = recording(acc)
+    out = run(tiny, acc)
+    skipped = {9, 10, 16, 17, 18}                                # last two scales of clips 1, 2 ...
+    for (st, canvas_before, o), bits, row in zip(log, out.bits, out.stats):
+        if st.index in skipped:
+            assert bits is None and row["tokens_run"] == 0 and row["branches"] == 0
+            assert (o.codes == 0).all() and torch.equal(o.canvas, canvas_before)
+            assert not out.masks[st.index].any()
+        else:
+            assert bits is not None and row["tokens_run"] == st.scale.num_tokens
+    assert 11 not in skipped and sched.is_ref_step(sched.steps[11])   # ... except clip 1's referenced last step
+
+
+def test_stagevar_single_branch_and_low_rank(tiny):
+    _, sched, _, _ = tiny
+    acc = make_accelerator("stagevar")                           # README settings: cfg0 last 3, rank 0.1 on last
+    log = recording(acc)
+    out = run(tiny, acc)
+    for st, row in zip(sched.steps, out.stats):
+        from_end = len(sched.clip_scales(st.scale.clip)) - 1 - st.scale.index_in_clip
+        assert row["branches"] == (1 if from_end < 3 else 2)
+    last = sched.num_steps - 1
+    assert out.stats[last]["tokens_run"] == 15 and int(out.masks[last].sum()) == 15     # ceil(0.1 * 144)
+    o = log[last][2]
+    assert o.hidden.shape[1] == 144 and (o.codes != 0).all()     # restored: every position sampled
+    assert out.stats[11]["tokens_run"] == 144                   # a referenced step never takes the stand-in
+
+
+def test_random_is_seeded_and_differs_from_faststar(tiny):
+    state = torch.get_rng_state()
+    a = run(tiny, make_accelerator("random", "balanced"))
+    assert torch.equal(torch.get_rng_state(), state)             # own generator: global stream untouched
+    b = run(tiny, make_accelerator("random", "balanced"))
+    c = run(tiny, make_accelerator("random", "balanced", seed_offset=1))
+    f = run(tiny, make_accelerator("faststar", "balanced"))
+    pruned = [i for i, m in enumerate(a.masks) if m is not None]
+    assert pruned == [i for i, m in enumerate(f.masks) if m is not None]
+    assert torch.equal(a.latent, b.latent) and all(torch.equal(a.masks[i], b.masks[i]) for i in pruned)
+    assert any(not torch.equal(a.masks[i], c.masks[i]) for i in pruned)
+    assert any(not torch.equal(a.masks[i], f.masks[i]) for i in pruned)
+    for i in range(pruned[0]):                                   # steps before the first pruned one: = dense
+        assert torch.equal(a.bits[i], tiny[3].bits[i])
+
+
+def test_fastvar_two_phase_restores_all_positions(tiny):
+    _, sched, _, _ = tiny
+    acc = make_accelerator("fastvar", keep_ratios=(0.3, 0.55), prune_layer=1)
+    log = recording(acc)
+    out = run(tiny, acc)
+    pruned = [r for r in out.stats if r["tokens_run"] < r["tokens"]]
+    assert [r["step"] for r in pruned] == [9, 10, 11, 16, 17, 18]
+    for r in pruned:
+        o = log[r["step"]][2]
+        assert r["prune_layer"] == 1 and o.hidden.shape[1] == r["tokens"] and (o.codes != 0).all()
+        assert r["tokens_run"] == keep_count(r["keep_ratio"], r["tokens"])
+    assert acc._delta is not None and acc._delta[1] == (3, 3, 4)  # cached at the scale before the pruned ones
+
+
+# ---------------------------------------------------------------------------------------------- (7) apply / remove
+def test_apply_remove_reversible_and_idempotent():
+    class Holder:
+        accelerator = None
+    h = Holder()
+    assert apply(h, "faststar") is h
+    assert isinstance(h.accelerator, FastSTAR) and h.accelerator.preset == "balanced"
+    first = h.accelerator.describe()
+    apply(h, "faststar")
+    assert h.accelerator.describe() == first
+    apply(h, "fastvar", "hart")
+    assert isinstance(h.accelerator, FastVAR) and h.accelerator.cfg.keep_ratios == (0.25, 0.5)
+    apply(h, "faststar", "fast", w_tm=0.5)
+    assert h.accelerator.cfg.w_tm == 0.5 and h.accelerator.cfg.keep_ratios == PRESETS["faststar"]["fast"]["keep_ratios"]
+    remove(h)
+    remove(h)
+    assert h.accelerator is None
+    with pytest.raises(TypeError, match="accelerator"):
+        apply(object(), "faststar")
+    with pytest.raises(ValueError, match="unknown acceleration method"):
+        apply(h, "tome")
+    with pytest.raises(TypeError, match="unknown faststar option"):
+        apply(h, "faststar", keep_ratio=0.5)
+    with pytest.raises(ValueError, match="unknown preset"):
+        apply(h, "faststar", "turbo")
+    assert h.accelerator is None                                 # a failed apply leaves it removed
+    assert type(make_accelerator("dense")) is Accelerator
+    assert set(METHODS) == {"dense", "faststar", "fastvar", "stagevar", "skip", "random"}
+    assert isinstance(make_accelerator("random"), RandomPrune)
+    assert isinstance(make_accelerator("stagevar"), StageVAR) and isinstance(make_accelerator("skip"), SkipScales)
+
+
+# ---------------------------------------------------------------------------------------------- (8) restore variant
+def test_restore_fills_hidden_for_all_positions(tiny):
+    acc = make_accelerator("faststar", "balanced", update="restore")
+    log = recording(acc)
+    out = run(tiny, acc)
+    n = 0
+    for i, (st, _, o) in enumerate(log):
+        if o.keep_idx is None:
+            continue
+        n += 1
+        N = st.scale.num_tokens
+        assert o.hidden.shape[1] == N and (o.codes != 0).all() and out.bits[i] is not None
+        prev_st, _, prev = log[i - 1]
+        assert prev.hidden.shape[1] == prev_st.scale.num_tokens
+        fill = resize_tokens(prev.hidden, prev_st.scale.thw, st.scale.thw, "trilinear")
+        pruned = torch.ones(N, dtype=torch.bool)
+        pruned[o.keep_idx] = False
+        assert torch.equal(o.hidden[:, pruned], fill[:, pruned].to(o.hidden.dtype))
+    assert n == 6
+
+
+# ---------------------------------------------------------------------------------------------- presets, viz
+def test_presets_flop_savings_at_8b_720p():
+    sched = official_schedule("720p", 5)
+    saved = {p: flop_plan("faststar", p, sched, "infinitystar-8b")["saved"] for p in PRESETS["faststar"]}
+    assert 0.30 <= saved["quality"] <= 0.40 and saved["balanced"] >= 0.50 and saved["fast"] >= 0.72
+    assert flop_plan("dense", schedule=sched)["saved"] == 0.0
+    for m, table in PRESETS.items():
+        for p in table:
+            assert 0.0 < flop_plan(m, p, sched)["saved"] < 1.0, (m, p)
+
+
+def test_mask_video_overlay(tiny):
+    _, sched, _, _ = tiny
+    out = run(tiny, make_accelerator("faststar", "balanced"))
+    T = sched.pixel_frames
+    frames = np.full((T, 12, 16, 3), 128, dtype=np.uint8)
+    vid = mask_video(out.masks, sched, frames)
+    assert vid.shape == frames.shape and vid.dtype == np.uint8
+    assert np.array_equal(vid[0], frames[0])                     # clip 0 was not pruned
+    kept = out.masks[11][0].float()                              # clip 1's last step, its first latent frame
+    kept_px = torch.nn.functional.interpolate(kept[None, None], size=(12, 16), mode="nearest")[0, 0].bool().numpy()
+    p = 1                                                        # pixel frame 1 shows latent frame 1
+    assert np.array_equal(vid[p][kept_px], frames[p][kept_px])
+    assert (vid[p][~kept_px] != 128).any(axis=-1).all()
+    assert np.array_equal(mask_video([None] * sched.num_steps, sched, frames), frames)

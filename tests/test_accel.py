@@ -132,6 +132,19 @@ def test_stats_match_flop_plan(tiny, method, kw):
     assert s["flops"] == pytest.approx(plan["flops"], rel=1e-12) and s["flops"] < s["flops_dense"]
 
 
+def test_threshold_mode_stays_within_floor_and_cap(tiny):
+    model, sched, text, _ = tiny
+    kw = dict(mode="threshold", threshold=1.2, floor=0.2, cap=1.0, norm="mean")
+    out = run(tiny, make_accelerator("faststar", **kw))
+    rows = [r for r in out.stats if "n_keep" in r]
+    assert len(rows) == 6
+    for r in rows:
+        assert keep_count(0.2, r["tokens"]) <= r["tokens_run"] <= r["tokens"] and r["n_keep"] == r["tokens_run"]
+    assert any(r["tokens_run"] < r["tokens"] for r in rows)          # cap 1.0 still prunes below the bound
+    bound = flop_plan("faststar", schedule=sched, model_cfg=model.cfg, text_len=text.shape[0], **kw)
+    assert out.summary()["flops"] <= bound["flops"] * (1 + 1e-12) and "note" in bound
+
+
 # ---------------------------------------------------------------------------------------------- (3) scores
 def _vec(i, C=64):
     v = torch.zeros(C)
@@ -381,8 +394,8 @@ def test_restore_fills_hidden_for_all_positions(tiny):
         n += 1
         N = st.scale.num_tokens
         assert o.hidden.shape[1] == N and (o.codes != 0).all() and out.bits[i] is not None
-        prev_st, _, prev = log[i - 1]
-        assert prev.hidden.shape[1] == prev_st.scale.num_tokens
+        prev_st, _, prev = log[st.scale.first_step - 1]            # last repetition of the previous scale
+        assert prev_st.scale.index == st.scale.index - 1 and prev.hidden.shape[1] == prev_st.scale.num_tokens
         fill = resize_tokens(prev.hidden, prev_st.scale.thw, st.scale.thw, "trilinear")
         pruned = torch.ones(N, dtype=torch.bool)
         pruned[o.keep_idx] = False

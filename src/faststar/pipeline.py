@@ -121,7 +121,7 @@ def inspect_model_dir(model_dir: str | Path, resolution: str = "720p") -> dict:
         checks = [("transformer", tf, STARTransformer, TransformerConfig.from_dict(cfg["transformer"]), None)]
         vf = _find_testbed_file(model_dir, "vae")
         from .vae.model import VideoVAE, VAEConfig
-        checks.append(("vae", vf, VideoVAE, VAEConfig(**cfg["vae"]), None))
+        checks.append(("vae", vf, VideoVAE, config_from_dict(VAEConfig, cfg["vae"]), None))
     else:
         report["kind"] = "official"
         from .config import transformer_config
@@ -165,6 +165,26 @@ def inspect_model_dir(model_dir: str | Path, resolution: str = "720p") -> dict:
     return report
 
 
+def config_to_dict(cfg) -> dict:
+    """Constructor fields of a config dataclass (derived fields left out), JSON-ready."""
+    from dataclasses import fields
+    out = {}
+    for f in fields(cfg):
+        if f.init:
+            v = getattr(cfg, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def config_from_dict(cls, d: dict):
+    from dataclasses import fields
+    known = {f.name for f in fields(cls) if f.init}
+    unknown = sorted(set(d) - known - {f.name for f in fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {unknown}")
+    return cls(**{k: v for k, v in d.items() if k in known})
+
+
 def _find_testbed_file(folder: Path, stem: str) -> Path | None:
     for cand in (folder / stem, folder / f"{stem}.safetensors"):
         if cand.exists():
@@ -173,14 +193,48 @@ def _find_testbed_file(folder: Path, stem: str) -> Path | None:
 
 
 class FastStarPipeline:
-    def __init__(self, transformer, vae, text_encoder, spec: ModelSpec, device, dtype):
+    def __init__(self, transformer, vae, text_encoder, spec: ModelSpec, device=None, dtype=None,
+                 text_encoder_spec: str | None = None):
+        device = _auto_device(device) if device is None or isinstance(device, str) else device
         self.transformer = transformer
         self.vae = vae
         self.text_encoder = text_encoder
         self.spec = spec
         self.device = device
-        self.dtype = dtype
+        self.dtype = dtype or transformer.block_dtype
+        self.text_encoder_spec = text_encoder_spec
         self.accelerator = None           # set by faststar.apply / faststar.remove
+
+    def save_pretrained(self, folder: str | Path, *, dtype: torch.dtype | None = None, extra: dict | None = None
+                        ) -> Path:
+        """Write a faststar model folder (config.json + transformer/vae safetensors) that ``from_pretrained``
+        loads back. For models with a custom schedule (the testbed and small models)."""
+        from dataclasses import asdict
+        from safetensors.torch import save_file
+        if self.spec.kind == "official":
+            raise ValueError("official models are loaded from the release's files; save_pretrained writes "
+                             "faststar model folders (custom schedules) only")
+        if not self.text_encoder_spec:
+            raise ValueError("the text encoder has no spec string (e.g. 'minilm' or 'tiny:32'); set "
+                             "pipe.text_encoder_spec before saving")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+
+        def tensors(module):
+            # .clone(): the VAE registers its quantizer twice (quantizer. / quantize.), sharing the mask buffers
+            return {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().clone()
+                    for k, v in module.state_dict().items()}
+        save_file(tensors(self.transformer), str(folder / "transformer.safetensors"))
+        save_file(tensors(self.vae), str(folder / "vae.safetensors"))
+        g = self.spec.guidance
+        cfg = dict(kind="faststar-testbed", name=self.spec.name, fps=self.spec.fps,
+                   resolution=self.spec.default_resolution, duration=self.spec.default_duration,
+                   transformer=self.transformer.cfg.to_dict(), vae=config_to_dict(self.vae.cfg),
+                   schedule=self.spec.schedule_kwargs, text_encoder=self.text_encoder_spec,
+                   guidance=dict(mode=g.mode, scale=g.scale, norm_threshold=g.norm_threshold, eta=g.eta))
+        cfg.update(extra or {})
+        (folder / "config.json").write_text(json.dumps(cfg, indent=1))
+        return folder
 
     # -- loading ------------------------------------------------------------------------------------------------
     @classmethod
@@ -250,15 +304,17 @@ class FastStarPipeline:
         transformer.to_empty(device=device)
         load_checkpoint(transformer, tfile, what="transformer")
         transformer.eval().requires_grad_(False)
-        vae = load_vae(vfile, VAEConfig(**cfg["vae"]), device)
+        vae = load_vae(vfile, config_from_dict(VAEConfig, cfg["vae"]), device)
+        te_spec = text_encoder if isinstance(text_encoder, str) else cfg.get("text_encoder", "minilm")
         te = text_encoder if text_encoder is not None and not isinstance(text_encoder, str) else \
-            load_text_encoder(text_encoder or cfg.get("text_encoder", "minilm"), device=device)
+            load_text_encoder(te_spec, device=device)
+        te_spec_saved = te_spec
         g = cfg.get("guidance", {})
         spec = ModelSpec(kind="testbed", fps=cfg.get("fps", 16), default_resolution=cfg.get("resolution", "testbed"),
                          default_duration=cfg.get("duration", 1), official_prompt_format=False,
                          smooth_first_frame=False, guidance=GuidanceConfig(**g) if g else GuidanceConfig(),
                          schedule_kwargs=cfg["schedule"], name=cfg.get("name", "faststar-testbed"))
-        pipe = cls(transformer, vae, te, spec, device, dtype)
+        pipe = cls(transformer, vae, te, spec, device, dtype, text_encoder_spec=te_spec_saved)
         pipe._finish(attention, fuse)
         return pipe
 

@@ -17,8 +17,8 @@ import torch
 
 from ..schedule import Schedule, Step
 from .base import Accelerator, StepBudget, StepContext, StepOutput, StepPlan
-from .faststar import (_check_ratios, _ratios, keep_count, match_batch, own_generator, position_from_end,
-                       resize_tokens, select_topk, single_branch)
+from .faststar import (PrevScaleHidden, _check_ratios, _ratios, keep_count, match_batch, own_generator,
+                       position_from_end, resize_tokens, select_topk, single_branch)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -72,7 +72,7 @@ class FastVARConfig:
     pruned token's final hidden state = its hidden state at prune_layer + that cached delta resized to the
     current grid; kept tokens take their computed states. Logits and codes are produced for every position.
     """
-    keep_ratios: tuple[float, ...] | float = (0.2, 0.45, 0.7)
+    keep_ratios: tuple[float, ...] | float = (0.3, 0.55, 0.8)
     prune_layer: int | None = None
     skip_last: int = 0
     prune_clip0: bool = False
@@ -98,7 +98,7 @@ class FastVAR(Accelerator):
         self.cfg = replace(cfg, **overrides) if overrides else cfg
         self.preset: str | None = None
         self.depth: int | None = None
-        self._mid = None           # hidden state at prune_layer of the current step, all tokens [B, N, C]
+        self._mid = None           # (step index, hidden state at prune_layer of that step, all tokens [B, N, C])
         self._delta = None         # (clip, thw, delta [B, N, C]) branch output of the cache scale
 
     def setup(self, model_cfg) -> None:
@@ -159,16 +159,16 @@ class FastVAR(Accelerator):
             if self._is_cache_step(sch, st):
                 if p > 0:
                     return StepPlan(branches=b.branches, prune_layer=p, select=self._capture)
-                self._mid = ctx.tokens[None]
+                self._mid = (st.index, ctx.tokens[None])
             return StepPlan(branches=b.branches)
         info = dict(keep_ratio=self._ratio(sch, st), n_keep=b.tokens)
         if p > 0:
             def select(h_BNC, ctx_, _n=b.tokens, _info=info):
-                self._mid = h_BNC
+                self._mid = (ctx_.step.index, h_BNC)
                 return self._choose(h_BNC, _n, _info).to(h_BNC.device)
             return StepPlan(branches=b.branches, prune_layer=p, select=select, restore=self._restore, info=info)
-        self._mid = ctx.tokens[None]
-        keep = self._choose(self._mid, b.tokens, info).to(ctx.tokens.device)
+        self._mid = (st.index, ctx.tokens[None])
+        keep = self._choose(ctx.tokens[None], b.tokens, info).to(ctx.tokens.device)
         return StepPlan(keep_idx=keep, branches=b.branches, restore=self._restore, info=info)
 
     def _choose(self, h_BNC: torch.Tensor, n: int, info: dict) -> torch.Tensor:
@@ -177,12 +177,12 @@ class FastVAR(Accelerator):
         return select_topk(score, n)
 
     def _capture(self, h_BNC: torch.Tensor, ctx: StepContext):
-        self._mid = h_BNC
+        self._mid = (ctx.step.index, h_BNC)
         return None
 
     def _restore(self, h_kept: torch.Tensor, keep: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         B = h_kept.shape[0]
-        full = match_batch(self._mid, B).to(h_kept.dtype)
+        full = match_batch(self._mid[1], B).to(h_kept.dtype)
         if self._delta is not None and self._delta[0] == ctx.scale.clip:
             _, thw, delta = self._delta
             full = full + match_batch(resize_tokens(delta, thw, ctx.scale.thw, self.cfg.resize), B).to(full.dtype)
@@ -194,15 +194,13 @@ class FastVAR(Accelerator):
     def observe(self, ctx: StepContext, out: StepOutput) -> None:
         st = ctx.step
         if (self._is_cache_step(ctx.schedule, st) and out.hidden is not None and out.keep_idx is None
-                and self._mid is not None):
+                and self._mid is not None and self._mid[0] == st.index):
             h = out.hidden
-            mid = match_batch(self._mid, h.shape[0])
+            mid = match_batch(self._mid[1], h.shape[0])
             self._delta = (st.scale.clip, st.scale.thw, (h.float() - mid.float()).to(h.dtype))
-        if st.scale.index_in_clip == 0 and st.rep == 0 and self._delta is not None \
-                and self._delta[0] != st.scale.clip:
-            self._delta = None
-        if not self._is_cache_step(ctx.schedule, st):
-            self._mid = None
+        if self._delta is not None and self._delta[0] != st.scale.clip:
+            self._delta = None                      # a new clip: the old cache is no use
+        self._mid = None
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -219,7 +217,7 @@ class StageVARConfig:
         have no position and cannot run through our blocks. Our version: draw r = ceil(rank_ratio * N)
         representative tokens with probability proportional to their squared input norm (the original's
         leverage-style row sampling), run only those through all blocks at their true positions, and restore
-        every other position from the previous step's full last-block hidden states resized to the current
+        every other position from the previous scale's full last-block hidden states resized to the current
         grid ("representative token restoration"); logits and codes are produced for all positions. A step
         that a later clip attends to never takes this path (its K/V is the next clip's context).
     rank_ratio: r / N of the stand-in.
@@ -253,10 +251,10 @@ class StageVAR(Accelerator):
         cfg = config if config is not None else StageVARConfig()
         self.cfg = replace(cfg, **overrides) if overrides else cfg
         self.preset: str | None = None
-        self._full = None          # (clip, thw, h_BNC) previous step's full last-block hidden
+        self._prev = PrevScaleHidden()  # previous scale's full last-block hidden
 
     def reset(self, schedule: Schedule, model, seed: int) -> None:
-        self._full = None
+        self._prev.clear()
 
     def describe(self) -> dict:
         return {"method": self.name, "preset": self.preset, **asdict(self.cfg)}
@@ -279,28 +277,23 @@ class StageVAR(Accelerator):
         if b.tokens is None:
             return StepPlan(branches=b.branches)
         info = dict(rank_ratio=self.cfg.rank_ratio, n_keep=b.tokens)
-        if self._full is None or self._full[0] != ctx.scale.clip:
-            info["low_rank_fallback"] = "no cached hidden states in this clip: dense"
+        if self._prev.previous(ctx.scale) is None:
+            info["low_rank_fallback"] = "no previous-scale hidden states: dense"
             return StepPlan(branches=b.branches, info=info)
         g = own_generator(ctx.seed + self.cfg.seed_offset, ctx.step.index, salt=2)
         keep = leverage_sample(ctx.tokens, b.tokens, g, by_norm=self.cfg.sampling == "norm")
         return StepPlan(keep_idx=keep, branches=b.branches, restore=self._restore, info=info)
 
     def _restore(self, h_kept: torch.Tensor, keep: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        _, thw, h_prev = self._full
-        full = match_batch(resize_tokens(h_prev, thw, ctx.scale.thw, self.cfg.resize), h_kept.shape[0])
-        full = full.to(h_kept.dtype).clone()
-        full[:, keep] = h_kept
-        return full
+        return self._prev.fill(h_kept, keep, ctx.scale, self.cfg.resize)
 
     def observe(self, ctx: StepContext, out: StepOutput) -> None:
-        st, sch = ctx.step, ctx.schedule
-        i = st.index + 1
-        nxt = sch.steps[i] if i < sch.num_steps else None
-        if nxt is None or nxt.scale.clip != st.scale.clip or self._low_rank(sch, nxt) is None:
+        st, sch, s = ctx.step, ctx.schedule, ctx.scale
+        if not st.last_rep or s.index_in_clip + 1 >= len(sch.clip_scales(s.clip)):
             return
-        if out.hidden is not None and out.hidden.shape[1] == st.scale.num_tokens:
-            self._full = (st.scale.clip, st.scale.thw, out.hidden)
+        nxt = sch.steps[sch.scales[s.index + 1].first_step]
+        if self._low_rank(sch, nxt) is not None and out.hidden is not None and out.hidden.shape[1] == s.num_tokens:
+            self._prev.put(s, out.hidden)
 
 
 # ------------------------------------------------------------------------------------------------------------

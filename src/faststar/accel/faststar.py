@@ -16,8 +16,8 @@ Importance of token i at a prunable step of scale k (the current clip's canvas b
     I(i) = w_sp * n(1 - S_sp(i)) + w_tm * n(1 - S_tm(i))    n = rank or divide-by-mean within the step
 The top ``ceil(rho * N)`` tokens by I run (shared by both guidance halves, indices sorted).
 ``update="partial"``: pruned positions get a zero code (the canvas keeps its value there);
-``update="restore"``: pruned positions take the previous step's last-block hidden states, resized, and are
-sampled like the rest.
+``update="restore"``: pruned positions take the previous scale's last-block hidden states (its last repetition),
+resized, and are sampled like the rest.
 
 Helpers shared with the baselines (``position_from_end``, ``detail_scale_count``, ``single_branch``,
 ``own_generator``, ``match_batch``) live here too.
@@ -176,6 +176,33 @@ def resize_tokens(h_BNC: torch.Tensor, thw_from: tuple[int, int, int], thw_to: t
     return torch.stack(rows)
 
 
+class PrevScaleHidden:
+    """Full last-block hidden states of a clip's scales (their last repetition), kept only as long as the next
+    scale may need them: what a restored step fills its pruned positions from."""
+
+    def __init__(self):
+        self._h: dict = {}        # (clip, index_in_clip) -> (thw, h_BNC)
+
+    def clear(self) -> None:
+        self._h = {}
+
+    def put(self, scale: Scale, h_BNC: torch.Tensor) -> None:
+        self._h = {k: v for k, v in self._h.items() if k[0] == scale.clip and k[1] >= scale.index_in_clip - 1}
+        self._h[(scale.clip, scale.index_in_clip)] = (scale.thw, h_BNC)
+
+    def previous(self, scale: Scale):
+        """(thw, h_BNC) of the scale before ``scale`` in its clip, or None."""
+        return self._h.get((scale.clip, scale.index_in_clip - 1))
+
+    def fill(self, h_kept: torch.Tensor, keep: torch.Tensor, scale: Scale, mode: str) -> torch.Tensor:
+        """[B, N, C]: the previous scale's states resized to this scale's grid, computed states at ``keep``."""
+        thw, h_prev = self.previous(scale)
+        full = match_batch(resize_tokens(h_prev, thw, scale.thw, mode), h_kept.shape[0])
+        full = full.to(h_kept.dtype).clone()
+        full[:, keep] = h_kept
+        return full
+
+
 def match_batch(h_BNC: torch.Tensor, batch: int) -> torch.Tensor:
     """Cached rows for a step with ``batch`` guidance rows: a single row is shared, extra rows are dropped."""
     if h_BNC.shape[0] == batch:
@@ -247,7 +274,8 @@ class FastSTARConfig:
     w_sp, w_tm: weights of the two normalized terms.
     norm: "rank" (robust, scale-free) or "mean" (keeps relative magnitudes).
     update: "partial" (pruned positions get zero codes: Partial Update) or "restore" (FastVAR-like: pruned
-        positions take the previous step's last-block hidden states, resized; all positions are sampled).
+        positions take the previous scale's last-block hidden states (its last repetition), resized trilinearly;
+        all positions are sampled).
     probe_layer: blocks run on all tokens before scoring when spatial="hidden".
     eps: cosine epsilon (all-zero vectors compare equal).
     dense_ref_steps: a step that a later clip attends to runs dense (its K/V is the next clip's context);
@@ -256,7 +284,7 @@ class FastSTARConfig:
         (the StageVAR combination); 0 = off.
     seed_offset: only used by the "random" control (its own generator).
     """
-    keep_ratios: tuple[float, ...] | float = (0.2, 0.45, 0.7)
+    keep_ratios: tuple[float, ...] | float = (0.3, 0.55, 0.8)
     mode: str = "ratio"
     threshold: float = 1.0
     floor: float = 0.1
@@ -308,7 +336,7 @@ class FastSTAR(Accelerator):
         self.preset: str | None = None
         self.depth: int | None = None
         self._probe: dict = {}         # (clip, index_in_clip) -> hidden after probe_layer blocks, all tokens
-        self._full = None              # (clip, thw, h_BNC): latest full last-block hidden (restore)
+        self._prev = PrevScaleHidden()  # previous scale's full last-block hidden (restore)
 
     def _validate(self, cfg):
         if cfg.spatial == "off" and cfg.temporal == "off":
@@ -325,7 +353,7 @@ class FastSTAR(Accelerator):
     def reset(self, schedule: Schedule, model, seed: int) -> None:
         self.setup(model.cfg)
         self._probe = {}
-        self._full = None
+        self._prev.clear()
 
     def describe(self) -> dict:
         return {"method": self.name, "preset": self.preset, **asdict(self.cfg)}
@@ -352,7 +380,7 @@ class FastSTAR(Accelerator):
         """Tokens kept at a pruned step (threshold mode: the cap), or None when the step runs dense."""
         c = self.cfg
         rho = self.keep_ratio(schedule, step)
-        if rho is None or rho >= 1.0 or not self._scored(step.scale.clip):
+        if rho is None or (c.mode == "ratio" and rho >= 1.0) or not self._scored(step.scale.clip):
             return None
         if c.dense_ref_steps and schedule.is_ref_step(step):
             return None
@@ -369,13 +397,6 @@ class FastSTAR(Accelerator):
         if n is None:
             return StepBudget(True, br, None, 0)
         return StepBudget(True, br, n, self.cfg.probe_layer if self._uses_probe() else 0)
-
-    def _next_step(self, schedule: Schedule, step: Step) -> Step | None:
-        i = step.index + 1
-        if i >= schedule.num_steps:
-            return None
-        nxt = schedule.steps[i]
-        return nxt if nxt.scale.clip == step.scale.clip else None
 
     def _next_scale_pruned(self, schedule: Schedule, step: Step) -> bool:
         """The next scale of the clip is pruned: this scale's probe hidden states are its reference."""
@@ -397,10 +418,10 @@ class FastSTAR(Accelerator):
         info = dict(keep_ratio=rho, n_keep=b.tokens)
         restore = None
         if c.update == "restore":
-            if self._full is not None and self._full[0] == st.scale.clip:
+            if self._prev.previous(st.scale) is not None:
                 restore = self._restore
             else:
-                info["restore_fallback"] = "no cached hidden states in this clip: partial update"
+                info["restore_fallback"] = "no previous-scale hidden states: partial update"
         if self._uses_probe():
             def select(h_BNC, ctx_, _info=info):
                 return self._select(ctx_, h_BNC, _info)
@@ -464,22 +485,17 @@ class FastSTAR(Accelerator):
 
     # -- restore --------------------------------------------------------------------------------------------
     def _restore(self, h_kept: torch.Tensor, keep: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        _, thw, h_prev = self._full
-        full = match_batch(resize_tokens(h_prev, thw, ctx.scale.thw, "trilinear"), h_kept.shape[0])
-        full = full.to(h_kept.dtype).clone()
-        full[:, keep] = h_kept
-        return full
+        return self._prev.fill(h_kept, keep, ctx.scale, "trilinear")
 
     def observe(self, ctx: StepContext, out: StepOutput) -> None:
         if self.cfg.update != "restore":
             return
         st = ctx.step
-        nxt = self._next_step(ctx.schedule, st)
-        if nxt is None or self._pruned_tokens(ctx.schedule, nxt) is None:
+        if not st.last_rep or not self._next_scale_pruned(ctx.schedule, st):
             return
         h = out.hidden
         if h is not None and h.shape[1] == st.scale.num_tokens:
-            self._full = (st.scale.clip, st.scale.thw, h)
+            self._prev.put(st.scale, h)
 
 
 class RandomPrune(FastSTAR):

@@ -1,17 +1,32 @@
-"""Named presets of every method, in one table.
+"""Named presets of every method, in one table (PRESETS below); DEFAULT_PRESET names each method's default.
 
-Keep ratios are listed per prunable scale counted from the clip's LAST scale: (last, second last, third last).
-At 720p the three are the detail scales 45x80, 30x53, 24x43 (x 20 latent frames in the video clip); at 480p
-30x53, 24x43, 18x32. Clip 0 (the first frame) is not pruned by default.
+Keep ratios are listed per prunable scale counted from the clip's LAST scale: (last, second last, third last, ...).
+At 720p the last three are the detail scales 45x80, 30x53, 24x43 (x 20 latent frames in a video clip), the fourth
+is the last semantic scale 18x32; at 480p they are 30x53, 24x43, 18x32 (all detail), then 12x21. Clip 0 (the first
+frame) is not pruned by default.
 
-The FastSTAR numbers were first chosen with the FLOP model (``faststar.accel.flop_plan``) on the 8B model at
-720p 5 s (official_schedule + schedule_flops, 128 text tokens): "quality" saves ~35%, "balanced" >= 50%,
-"fast" >= 72% of the dense FLOPs (the "predicted saved" column below). They are starting points, to be re-tuned on
-the trained testbed by measured PSNR/SSIM against the dense output; pruning's attention savings grow with the
-square of the kept fraction, so the last scale dominates.
+These numbers are INITIAL: chosen with the FLOP model (``faststar.accel.flop_plan``: official_schedule +
+the loop's per-step FLOP model, 8B, 128 text tokens, CFG batch 2) so that at 720p 5 s "quality" saves ~35%,
+"balanced" >= 50% and "fast" >= 72% of the dense FLOPs. They will be re-tuned on the trained testbed by measured
+PSNR/SSIM against the same-seed dense output. Pruning's attention savings grow with the square of the kept
+fraction, so the last scale dominates; "fast" has to prune the 4th scale from the end too (at 720p a semantic
+scale), since the three detail scales of the video clip are only ~76% of all FLOPs.
 
-predicted saved at 8B / 720p 5 s (flop_plan):           quality  balanced  fast
-    faststar / random                                    ~35%      ~54%     ~74%
+Predicted FLOPs saved (incl. the text pass) and FLOP-model speedup, 8B:
+    method preset         720p 5 s           480p 10 s
+    faststar quality      36.1%  1.56x       33.4%  1.50x
+    faststar balanced     52.0%  2.08x       52.6%  2.11x
+    faststar fast         73.2%  3.73x       75.4%  4.07x
+    random *              (= faststar: same ratios)
+    fastvar balanced      47.7%  1.91x       48.2%  1.93x     (first 3/32 of the blocks run dense)
+    fastvar fast          67.1%  3.04x       69.1%  3.24x
+    fastvar hart          50.6%  2.03x       51.5%  2.06x
+    fastvar infinity      73.5%  3.77x       58.4%  2.41x     (mostly from skipping; a referenced step still runs)
+    stagevar original     63.7%  2.76x       46.4%  1.87x
+    stagevar cfg0         39.8%  1.66x       38.9%  1.64x
+    skip last1            48.3%  1.94x       15.6%  1.18x     (480p 10 s: clip 1's last scale is clip 2's context)
+    skip last2            61.5%  2.60x       44.7%  1.81x
+(tests/test_accel.py checks the FastSTAR targets; regenerate this block with flop_plan after re-tuning.)
 """
 from __future__ import annotations
 

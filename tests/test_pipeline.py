@@ -1,0 +1,124 @@
+"""End to end on the CPU: tiny random transformer + tiny VAE + tiny text encoder, through the real pipeline,
+files and CLI."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import faststar
+from faststar.bench import random_init_
+from faststar.cli import main as cli_main
+from faststar.io import read_video, video_info, write_video
+from faststar.pipeline import FastStarPipeline, ModelSpec
+from faststar.text import load_text_encoder
+from faststar.vae.model import VideoVAE, vae_config
+
+PHOTO = Path(faststar.__file__).parent / "data" / "cup_frame30.jpg"
+
+
+def tiny_pipe():
+    tr = faststar.build_transformer("golden-tiny")
+    random_init_(tr, 0, std=0.06)
+    vae = VideoVAE(vae_config("golden-tiny"))
+    random_init_(vae, 1, std=0.05)
+    spec = ModelSpec(kind="testbed", default_resolution="64x96", default_duration=1, official_prompt_format=False,
+                     smooth_first_frame=False, name="tiny-test",
+                     schedule_kwargs=dict(pyramid=[[1, 1], [2, 3], [4, 6]], clip_frames=[1, 2],
+                                          image_reps=[2, 1, 1], video_reps=[2, 1, 1], semantic_scales=1))
+    return FastStarPipeline(tr.eval(), vae.eval(), load_text_encoder("tiny:32"), spec, "cpu",
+                            text_encoder_spec="tiny:32")
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipe()
+
+
+def test_text_to_video_and_file_round_trip(pipe, tmp_path):
+    out = pipe("a red ball rolls across a table", seed=3, progress=False)
+    assert out.frames.dtype == np.uint8 and out.frames.shape == (9, 64, 96, 3)
+    assert out.latent.shape == (1, 64, 3, 4, 6)
+    for k in ("text_encoder_s", "transformer_s", "vae_decode_s", "total_s"):
+        assert out.timings[k] >= 0
+    again = pipe("a red ball rolls across a table", seed=3, progress=False)
+    assert np.array_equal(out.frames, again.frames)                   # same seed, same video
+    other = pipe("a red ball rolls across a table", seed=4, progress=False)
+    assert not np.array_equal(out.frames, other.frames)
+    path = write_video(tmp_path / "v.mp4", out.frames, fps=out.fps)
+    info = video_info(path, exact=True)
+    assert (info.frames, info.width, info.height) == (9, 96, 64)
+    back = read_video(path)
+    assert back.shape == (9, 64, 96, 3)
+    from faststar.metrics import psnr
+    assert psnr(back, out.frames) > 17          # random-weight noise through 4:2:0 H.264
+
+
+def test_image_to_video_from_a_real_photo(pipe):
+    out = pipe("a hand turns a cup", image=PHOTO, seed=0, progress=False)
+    assert out.frames.shape == (9, 64, 96, 3)
+    clip0 = [s for s in out.stats if s["clip"] == 0]
+    assert all(s["teacher_forced"] for s in clip0)
+    assert [s["step"] for s in clip0 if s["branches"] > 0] == [clip0[-1]["step"]]   # only the referenced step ran
+    t2v = pipe("a hand turns a cup", seed=0, progress=False)
+    assert not torch.equal(out.latent[:, :, :1], t2v.latent[:, :, :1])   # the first latent frame comes from the photo
+    from faststar.io import read_image
+    from faststar.vae.quant import multiscale_quantize
+    sched = pipe.spec.schedule(None, None)
+    z = pipe.vae.encode(read_image(PHOTO, size=(64, 96))[None, :, None])
+    _, summed = multiscale_quantize(z, sched.first_clips(1))
+    assert torch.allclose(out.latent[:, :, :1], summed, atol=1e-6)
+
+
+def test_bad_inputs_are_named(pipe, tmp_path):
+    with pytest.raises(ValueError, match="prompt"):
+        pipe("", progress=False)
+    bad = tmp_path / "not_an_image.jpg"
+    bad.write_text("hello")
+    with pytest.raises(ValueError, match="not_an_image"):
+        pipe("x", image=bad, progress=False)
+    with pytest.raises(ValueError, match="one size only"):
+        pipe("x", resolution="720p", progress=False)
+
+
+def test_save_and_load_folder_then_cli(pipe, tmp_path, capsys):
+    folder = pipe.save_pretrained(tmp_path / "model")
+    loaded = FastStarPipeline.from_pretrained(folder, device="cpu")
+    a = pipe("waves on a beach", seed=1, progress=False)
+    b = loaded("waves on a beach", seed=1, progress=False)
+    assert np.array_equal(a.frames, b.frames)
+    # CLI generate
+    out_file = tmp_path / "cli.mp4"
+    rc = cli_main(["generate", "--model-dir", str(folder), "--prompt", "waves on a beach", "--seed", "1",
+                   "-o", str(out_file), "--quiet"])
+    assert rc == 0 and out_file.exists()
+    assert video_info(out_file, exact=True).frames == 9
+    assert "wrote" in capsys.readouterr().out
+    assert cli_main(["inspect", str(folder)]) == 0
+
+
+def test_cli_missing_and_broken_model_folder(tmp_path, capsys):
+    rc = cli_main(["generate", "--model-dir", str(tmp_path / "nope"), "--prompt", "x", "-o", str(tmp_path / "a.mp4")])
+    assert rc == 2
+    assert "not found" in capsys.readouterr().err
+    folder = tiny_pipe().save_pretrained(tmp_path / "broken")
+    sd = load_file(str(folder / "transformer.safetensors"))
+    del sd["head.bias"]
+    sd["word_embed.weight"] = torch.zeros(3, 3)
+    save_file(sd, str(folder / "transformer.safetensors"))
+    rc = cli_main(["generate", "--model-dir", str(folder), "--prompt", "x", "-o", str(tmp_path / "b.mp4")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "head.bias" in err and "word_embed.weight" in err
+    assert not (tmp_path / "b.mp4").exists()
+    assert cli_main(["inspect", str(folder)]) == 1
+    assert "head.bias" in capsys.readouterr().out
+
+
+def test_official_folder_errors(tmp_path, capsys):
+    (tmp_path / "infinitystar_8b_720p_weights").mkdir()
+    with pytest.raises(FileNotFoundError, match="infinitystar_videovae.pth"):
+        FastStarPipeline.from_pretrained(tmp_path, device="cpu")
+    assert cli_main(["inspect", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "text encoder folder missing" in out and "infinitystar_videovae.pth" in out

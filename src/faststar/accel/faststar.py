@@ -25,7 +25,7 @@ Helpers shared with the baselines (``position_from_end``, ``detail_scale_count``
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F

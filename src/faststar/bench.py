@@ -142,11 +142,9 @@ def run_bench(resolutions=("720p", "480p"), duration: int = 5, methods=("dense",
             log(f"[{res_name}] warm-up run {time.perf_counter() - t:.1f}s")
         dense_time = None
         for m in methods:
-            name, _, pre = m.partition(":")
-            acc = None
-            if name != "dense":
-                from .accel import make_accelerator
-                acc = make_accelerator(name, pre or None)
+            from .accel import accelerator_from_spec
+            acc = accelerator_from_spec(m)
+            name = m.split(":")[0].split("+")[0]
             r = time_one(model, schedule, text, seed=seed, accelerator=acc, vae=vae)
             r.update(resolution=res_name, duration=duration, method=m, flop_model_total=fl["total"])
             if name == "dense" and dense_time is None:

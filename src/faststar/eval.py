@@ -20,15 +20,19 @@ import numpy as np
 DEFAULT_PROMPTS = Path(__file__).resolve().parent / "data" / "eval_prompts.jsonl"
 
 # method[:preset] strings; the standard comparison set (at several speedups each)
+# (spec syntax: faststar.accel.parse_method_spec)
 STANDARD_METHODS = [
     "faststar:quality", "faststar:balanced", "faststar:fast",
-    "faststar:spatial-balanced", "faststar:temporal-balanced", "faststar:restore-balanced",
+    "faststar:quality+temporal=off", "faststar:balanced+temporal=off", "faststar:fast+temporal=off",
+    "faststar:quality+spatial=off", "faststar:balanced+spatial=off", "faststar:fast+spatial=off",
+    "faststar:quality+temporal=prev_clip", "faststar:balanced+temporal=prev_clip", "faststar:fast+temporal=prev_clip",
+    "faststar:quality+update=restore", "faststar:balanced+update=restore", "faststar:fast+update=restore",
     "random:quality", "random:balanced", "random:fast",
-    "fastvar:quality", "fastvar:balanced", "fastvar:fast",
-    "stagevar:n1", "stagevar:n2", "stagevar:n3",
-    "skip:n1", "skip:n2", "skip:n3",
+    "fastvar:balanced", "fastvar:fast", "fastvar:hart",
+    "stagevar:cfg0+single_branch_last=1", "stagevar:cfg0+single_branch_last=2", "stagevar:cfg0", "stagevar:original",
+    "skip:last1", "skip:last2", "skip:last1+last_n=3",
 ]
-QUICK_METHODS = ["faststar:balanced", "faststar:fast", "random:balanced", "skip:n1"]
+QUICK_METHODS = ["faststar:balanced", "faststar:fast", "random:balanced", "skip:last1"]
 
 
 def load_prompts(path: str | Path | None) -> list[dict]:
@@ -70,11 +74,11 @@ class Runner:
         meta_f, frames_f = self.out / "runs" / f"{k}.json", self.out / "runs" / f"{k}.npz"
         if meta_f.exists() and frames_f.exists():
             return json.loads(meta_f.read_text()), np.load(frames_f)["frames"]
-        name, _, preset = method.partition(":")
-        if name == "dense":
+        acc = accel.accelerator_from_spec(method)
+        if acc is None:
             accel.remove(self.pipe)
         else:
-            accel.apply(self.pipe, name, preset or None)
+            accel.apply(self.pipe, acc)
         try:
             out = self.pipe(item["prompt"], image=item.get("image"), seed=seed, progress=False)
         finally:

@@ -31,6 +31,47 @@ METHODS: dict[str, type[Accelerator]] = {
 }
 
 
+def _parse_value(v: str):
+    v = v.strip()
+    if v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    if v.lower() == "none":
+        return None
+    if "/" in v:                                   # a tuple of ratios: 0.3/0.55/0.8
+        return tuple(float(x) for x in v.split("/"))
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    return v
+
+
+def parse_method_spec(spec: str) -> tuple[str, str | None, dict]:
+    """``method[:preset][+knob=value...]`` -> (method, preset, overrides); tuples as ``0.3/0.55/0.8``.
+
+    Examples: ``dense``, ``faststar:balanced``, ``faststar:balanced+temporal=off``,
+    ``faststar:fast+update=restore+single_branch_last=2``.
+    """
+    head, *knobs = spec.split("+")
+    method, _, preset = head.partition(":")
+    overrides = {}
+    for k in knobs:
+        key, eq, val = k.partition("=")
+        if not eq:
+            raise ValueError(f"bad knob {k!r} in {spec!r}: expected key=value")
+        overrides[key.strip()] = _parse_value(val)
+    return method.strip(), (preset.strip() or None), overrides
+
+
+def accelerator_from_spec(spec: str) -> Accelerator | None:
+    """None for ``dense``, else the configured accelerator."""
+    method, preset, overrides = parse_method_spec(spec)
+    if method == "dense" and not preset and not overrides:
+        return None
+    return make_accelerator(method, preset, **overrides)
+
+
 def make_accelerator(method: str | Accelerator, preset: str | None = None, **overrides) -> Accelerator:
     """An accelerator from a method name, a named preset (None = the method's default) and knob overrides.
 

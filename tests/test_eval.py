@@ -1,0 +1,51 @@
+"""`faststar eval` on a tiny model: every number present, dense-vs-dense at the cap, pruned runs below it."""
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from faststar.cli import main as cli_main
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_pipeline import tiny_pipe  # noqa: E402
+
+
+def test_eval_cli_tiny_model(tmp_path, capsys):
+    folder = tiny_pipe().save_pretrained(tmp_path / "model")
+    prompts = tmp_path / "p.jsonl"
+    photo = Path(__file__).resolve().parents[1] / "src" / "faststar" / "data" / "cup_frame30.jpg"
+    prompts.write_text(json.dumps({"prompt": "a ball rolls"}) + "\n"
+                       + json.dumps({"prompt": "a hand turns a cup", "image": str(photo)}) + "\n")
+    out = tmp_path / "eval"
+    args = ["eval", "--model-dir", str(folder), "--prompts", str(prompts), "--seeds", "0",
+            "--methods", "faststar:balanced+keep_ratios=0.5/0.7/1.0,random:balanced", "--out", str(out),
+            "--device", "cpu"]
+    assert cli_main(args) == 0
+    res = json.loads((out / "results.json").read_text())
+    for k in ("noise_floor", "summary", "rows", "dense_time_s", "dense_per_scale_time"):
+        assert k in res
+    assert {r["method"] for r in res["summary"]} == {"faststar:balanced+keep_ratios=0.5/0.7/1.0", "random:balanced"}
+    for r in res["rows"]:
+        for k in ("psnr", "ssim", "flop_speedup", "time_s", "dense_time_s"):
+            assert isinstance(r[k], float) and not math.isnan(r[k]), k
+        assert r["flop_speedup"] > 1.0
+        assert r["psnr"] < 100                       # pruned: below the cap
+    assert len(res["noise_floor"]["per_video"]) == 2
+    for f in ("results.md", "pareto.png", "latency.png"):
+        assert (out / f).stat().st_size > 0
+    # resumable: a second call redoes nothing and gives the same numbers
+    n_runs = len(list((out / "runs").glob("*.json")))
+    assert cli_main(args) == 0
+    assert len(list((out / "runs").glob("*.json"))) == n_runs
+    res2 = json.loads((out / "results.json").read_text())
+    assert [r["psnr"] for r in res2["rows"]] == [r["psnr"] for r in res["rows"]]
+    # dense against itself: infinite PSNR
+    from faststar.metrics import psnr
+    import numpy as np
+    runs = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
+    dense = [p for p in (out / "runs").glob("*.json") if json.loads(p.read_text())["method"] == "dense"][0]
+    frames = np.load(dense.with_suffix(".npz"))["frames"]
+    assert psnr(frames, frames) == float("inf")
+    assert "noise floor" in (out / "results.md").read_text().lower()

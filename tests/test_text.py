@@ -205,3 +205,14 @@ def test_load_text_encoder_specs():
         load_text_encoder("tiny:big")
     with pytest.raises(TypeError, match="list of prompts"):
         enc.encode("a single string")
+
+
+def test_cached_text_encoder_round_trip(tmp_path):
+    from faststar.text import load_text_encoder, save_embeddings
+    enc = load_text_encoder("tiny:32")
+    path = save_embeddings(enc, ["a red ball", "waves"], tmp_path / "emb.safetensors", source="tiny:32")
+    cached = load_text_encoder(f"cached:{path}")
+    assert cached.channels == 32
+    assert torch.equal(cached.encode(["waves"])[0], enc.encode(["waves"])[0])
+    with pytest.raises(KeyError, match="not in the cached embeddings"):
+        cached.encode(["something else"])

@@ -36,7 +36,7 @@ def _cmd_check_reference(a) -> int:
 def _load_pipe(a):
     from .pipeline import FastStarPipeline
     return FastStarPipeline.from_pretrained(a.model_dir, resolution=a.resolution or "720p", device=a.device,
-                                            dtype=a.dtype, attention=a.attention)
+                                            dtype=a.dtype, attention=a.attention, text_encoder=a.text_encoder)
 
 
 def _cmd_generate(a) -> int:
@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto")
     g.add_argument("--dtype", default=None, help="bf16 (GPU default) or fp32 (CPU default)")
     g.add_argument("--attention", default="auto", help="auto, sdpa or fa3")
+    g.add_argument("--text-encoder", default=None,
+                   help="override the text encoder: t5:<folder>, minilm, cached:<file.safetensors>")
     g.add_argument("--accel", default=None, help="dense, faststar, fastvar, stagevar, skip, random")
     g.add_argument("--preset", default=None, help="accelerator preset, e.g. quality, balanced, fast")
     g.add_argument("--save-masks", action="store_true", help="also write a video of the pruning masks")
@@ -158,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seeds", default="0,1")
     e.add_argument("--quick", action="store_true", help="a reduced set that finishes on a CPU in minutes")
     e.add_argument("--device", default="auto")
+    e.add_argument("--text-encoder", default=None, help="override, e.g. cached:<file.safetensors>")
     e.set_defaults(fn=_cmd_eval)
     return p
 

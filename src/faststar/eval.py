@@ -238,7 +238,7 @@ def plot_latency(res: dict, path: Path) -> None:
 
 def main_eval(a) -> int:
     from .pipeline import FastStarPipeline
-    pipe = FastStarPipeline.from_pretrained(a.model_dir, device=a.device)
+    pipe = FastStarPipeline.from_pretrained(a.model_dir, device=a.device, text_encoder=a.text_encoder)
     prompts = load_prompts(a.prompts)
     seeds = [int(s) for s in a.seeds.split(",")]
     if a.methods:

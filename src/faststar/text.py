@@ -271,14 +271,54 @@ class TinyTextEncoder(nn.Module):
         return out
 
 
+class CachedTextEncoder:
+    """Precomputed prompt embeddings (a safetensors file written by ``save_embeddings``): for machines where the
+    real encoder cannot be installed (a GPU box without the MiniLM package, say). An unknown prompt is an error."""
+
+    def __init__(self, path):
+        from safetensors.torch import load_file
+        import json as _json
+        from safetensors import safe_open
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"cached text embeddings not found: {self.path}")
+        with safe_open(str(self.path), "pt") as f:
+            meta = f.metadata() or {}
+        self.prompts: list[str] = _json.loads(meta.get("prompts", "[]"))
+        self.source = meta.get("source", "?")
+        self._t = load_file(str(self.path))
+        self.channels = int(next(iter(self._t.values())).shape[-1]) if self._t else 0
+
+    def encode(self, prompts: list[str]) -> list[torch.Tensor]:
+        out = []
+        for p in _check_prompts(prompts):
+            if p not in self.prompts:
+                raise KeyError(f"prompt not in the cached embeddings {self.path} (source {self.source}): {p!r}")
+            out.append(self._t[f"e{self.prompts.index(p)}"].float())
+        return out
+
+
+def save_embeddings(encoder, prompts: list[str], path, source: str = "") -> Path:
+    """Encode ``prompts`` once and store them for ``CachedTextEncoder`` ("cached:<path>")."""
+    import json as _json
+    from safetensors.torch import save_file
+    prompts = list(dict.fromkeys(prompts))
+    embs = encoder.encode(prompts)
+    save_file({f"e{i}": e.detach().float().cpu().contiguous() for i, e in enumerate(embs)}, str(path),
+              metadata={"prompts": _json.dumps(prompts), "source": source})
+    return Path(path)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # factory
 # ---------------------------------------------------------------------------------------------------------------
 def load_text_encoder(spec: str, device=None, dtype: torch.dtype | None = None):
     """Build an encoder from a spec: ``"t5:<folder>"``, ``"minilm"`` (or ``"minilm:<folder>"``),
-    ``"tiny:<channels>"`` (or ``"tiny:<channels>:<seed>"``)."""
+    ``"tiny:<channels>"`` (or ``"tiny:<channels>:<seed>"``), ``"cached:<file.safetensors>"``."""
     kind, _, arg = str(spec).partition(":")
     kind = kind.strip().lower()
+    if kind == "cached":
+        return CachedTextEncoder(arg)
     if kind == "t5":
         if not arg:
             raise ValueError("spec 't5' needs a folder: 't5:/path/to/flan-t5-xl-official'")

@@ -10,6 +10,8 @@ The testbed is a small model of the InfinityStar architecture trained on a few r
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..config import TransformerConfig, transformer_config
 from ..schedule import Schedule, build_schedule
 
@@ -27,7 +29,9 @@ TEXT_ENCODER = "minilm"
 NAME = "faststar-testbed"
 
 # the engine VAE at small widths (same block structure, DC down/up blocks, 16x spatial / 4x temporal)
-VAE_KWARGS = dict(block_out_channels=(32, 64, 128, 128, 128), layers_per_block=2)
+# (32, 64, 64, 64, 64): 7.0 M parameters, 14 MB in fp16 (one file under the 16 MiB limit of a device run); the
+# (32, 64, 128, 128, 128) variant has 20.7 M (41 MB in fp16), too big next to the 35 MB transformer.
+VAE_KWARGS = dict(block_out_channels=(32, 64, 64, 64, 64), layers_per_block=2)
 
 # guidance defaults written to config.json (APG as the release; tune at inference)
 GUIDANCE = dict(mode="apg", scale=4.0, norm_threshold=0.05, eta=0.0)
@@ -56,3 +60,58 @@ def testbed_vae_config(**overrides):
 def testbed_transformer_config(**overrides) -> TransformerConfig:
     """The "testbed" preset of faststar.config (depth 8, width 384, 6 heads, 2 kv heads, MiniLM text 384-d)."""
     return transformer_config("testbed", **overrides)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# what the trainer needs to know about a model: the testbed, or a tiny variant for CPU tests
+
+@dataclass
+class TrainSpec:
+    """Sizes of one trainable model: pixels, schedule, VAE widths, transformer config."""
+    name: str
+    pixel_hw: tuple[int, int]
+    schedule: dict                       # build_schedule kwargs (JSON-ready)
+    vae: dict                            # VAEConfig overrides
+    transformer: dict                    # TransformerConfig fields
+    text_pad: int = 64                   # text slots of the packed sequence (>= longest caption, = cfg_uncond_len)
+    vae_crop_hw: tuple[int, int] | None = None   # random crops in VAE phase 1 (None = whole frames)
+
+    @property
+    def pixel_frames(self) -> int:
+        return 4 * (sum(self.schedule["clip_frames"]) - 1) + 1
+
+    def build_schedule(self) -> Schedule:
+        kw = dict(self.schedule)
+        kw["pyramid"] = [tuple(p) for p in kw["pyramid"]]
+        return build_schedule(name=self.name, **kw)
+
+    def vae_config(self):
+        from ..vae.model import VAEConfig
+        return VAEConfig(**{**self.vae, "name": self.name})
+
+    def transformer_config(self) -> TransformerConfig:
+        return TransformerConfig.from_dict({**self.transformer, "name": self.name})
+
+    def to_dict(self) -> dict:
+        return dict(name=self.name, pixel_hw=list(self.pixel_hw), schedule=self.schedule, vae=self.vae,
+                    transformer=self.transformer, text_pad=self.text_pad,
+                    vae_crop_hw=list(self.vae_crop_hw) if self.vae_crop_hw else None)
+
+
+def testbed_spec() -> TrainSpec:
+    return TrainSpec(name=NAME, pixel_hw=PIXEL_HW, schedule=schedule_kwargs(),
+                     vae={k: list(v) if isinstance(v, tuple) else v for k, v in VAE_KWARGS.items()},
+                     transformer=testbed_transformer_config().to_dict(), text_pad=64, vae_crop_hw=(128, 224))
+
+
+def tiny_spec() -> TrainSpec:
+    """A CPU-sized variant for tests: 64 x 112 pixels (grid 4 x 7), 5 frames = clips [1, 1], 3 scales."""
+    sched = dict(pyramid=[[1, 1], [2, 3], [4, 7]], clip_frames=[1, 1], image_reps=[2, 1, 1], video_reps=[2, 1, 1],
+                 semantic_scales=2, tau_image=1.0, tau_video=0.4)
+    tf = transformer_config("testbed", depth=2, width=64, num_heads=2, num_kv_heads=1, block_chunks=1).to_dict()
+    return TrainSpec(name="faststar-testbed-tiny", pixel_hw=(64, 112), schedule=sched,
+                     vae=dict(block_out_channels=[8, 16, 16, 16, 16], layers_per_block=1), transformer=tf,
+                     text_pad=64, vae_crop_hw=None)
+
+
+SPECS = {"testbed": testbed_spec, "tiny": tiny_spec}

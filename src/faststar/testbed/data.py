@@ -10,7 +10,8 @@ known, and writes to ``out_dir``:
 * ``captions.json``: per clip its split (cup is held out for validation), source, fps, frame count, a clip caption
   and captions of time segments (frame ranges of the prepared clip), each with an embedding key;
 * ``captions_minilm.safetensors``: the all-MiniLM-L6-v2 token states [L, 384] (fp32) of every caption, so the GPU
-  machine needs neither the text encoder nor its package.
+  machine needs neither the text encoder nor its package; the file is in the ``CachedTextEncoder`` format, so
+  ``text_encoder="cached:<file>"`` also runs the pipeline on these captions offline.
 
 The training loader (``load_clips``) reads the mp4s with PyAV, or with OpenCV where PyAV is not installed.
 The captions were written by looking at frames of each clip (contact sheets of the prepared clips).
@@ -198,14 +199,15 @@ def subsample_stride(fps: float, target: float = TARGET_FPS) -> int:
     return max(1, int(round(fps / target)))
 
 
-def prepare_clip(src: Path, dst: Path, size=PIXEL_HW, crf: int = CRF) -> dict:
+def prepare_clip(src: Path, dst: Path, size=PIXEL_HW, crf: int = CRF, max_frames: int | None = None) -> dict:
     from ..io import read_video, video_info, write_video
     info = video_info(src, exact=True)
     fps = info.fps
     if src.name == "tree.avi":      # the cinepak header's rate disagrees with its duration; ecosystem.md: 15 fps
         fps = 15.0
     stride = subsample_stride(fps)
-    frames = read_video(src, size=size, stride=stride)
+    n = None if max_frames is None else min(max_frames, (info.frames - 1) // stride + 1)
+    frames = read_video(src, size=size, stride=stride, num_frames=n)
     out_fps = fps / stride
     write_video(dst, frames, fps=out_fps, crf=crf)
     return dict(frames=int(frames.shape[0]), fps=round(out_fps, 4), source_fps=round(fps, 4), stride=stride,
@@ -223,19 +225,19 @@ def caption_table(clips=CLIPS) -> list[tuple[str, str]]:
 
 
 def embed_captions(captions: list[tuple[str, str]], path: Path, encoder=None) -> dict:
-    """MiniLM token states of every caption -> safetensors (key = caption key), fp32 [L, 384]."""
-    from safetensors.torch import save_file
+    """MiniLM token states of every caption -> safetensors in the ``CachedTextEncoder`` format (``faststar.text``),
+    so the same file also drives the pipeline offline ("cached:<path>"). Returns caption key -> token count."""
+    from ..text import CachedTextEncoder, save_embeddings
     if encoder is None:
         from ..text import MiniLMTextEncoder
         encoder = MiniLMTextEncoder.from_pretrained(device="cpu")
-    embs = encoder.encode([c for _, c in captions])
-    tensors = {k: e.float().contiguous().cpu() for (k, _), e in zip(captions, embs)}
-    save_file(tensors, str(path))
-    return {k: int(v.shape[0]) for k, v in tensors.items()}
+    save_embeddings(encoder, [c for _, c in captions], path, source=type(encoder).__name__)
+    cached = CachedTextEncoder(path)
+    return {k: int(e.shape[0]) for (k, _), e in zip(captions, cached.encode([c for _, c in captions]))}
 
 
 def prepare_data(out_dir: str | Path, source: str | Path | None = None, *, clips=CLIPS, crf: int = CRF,
-                 encoder=None, only: list[str] | None = None) -> Path:
+                 encoder=None, only: list[str] | None = None, max_frames: int | None = None) -> Path:
     """Write the training-ready testbed data (see the module docstring) and return ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -248,10 +250,12 @@ def prepare_data(out_dir: str | Path, source: str | Path | None = None, *, clips
         if not src.is_file():
             raise FileNotFoundError(f"source clip {src} is missing")
         digest = check_sha256(src, SHA256.get(c["source"]))
-        info = prepare_clip(src, out / f"{c['name']}.mp4", crf=crf)
+        info = prepare_clip(src, out / f"{c['name']}.mp4", crf=crf, max_frames=max_frames)
         segs = []
         for i, s in enumerate(c["segments"]):
             end = info["frames"] if s.get("end") is None else min(int(s["end"]), info["frames"])
+            if int(s["start"]) >= end:      # clipped away (max_frames)
+                continue
             segs.append(dict(start=int(s["start"]), end=end, caption=s["caption"], key=f"{c['name']}.{i}"))
         entries.append(dict(name=c["name"], file=f"{c['name']}.mp4", split=c["split"], source=c["source"],
                             source_sha256=digest, license=c["license"], caption=c["caption"], key=c["name"],
@@ -338,10 +342,17 @@ def load_clips(data_dir: str | Path, split: str | None = None, max_frames: int |
 
 def load_embeddings(data_dir: str | Path) -> dict:
     """Caption key -> fp32 [L, 384] MiniLM token states."""
-    from safetensors.torch import load_file
+    from ..text import CachedTextEncoder
     data_dir = Path(data_dir)
     meta = json.loads((data_dir / CAPTIONS_FILE).read_text())
-    return load_file(str(data_dir / meta["embeddings"]))
+    cached = CachedTextEncoder(data_dir / meta["embeddings"])
+    table = {}
+    for c in meta["clips"]:
+        table[c["key"]] = c["caption"]
+        for s in c["segments"]:
+            table[s["key"]] = s["caption"]
+    keys = list(table)
+    return dict(zip(keys, cached.encode([table[k] for k in keys])))
 
 
 def main(argv=None):

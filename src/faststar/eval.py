@@ -84,6 +84,7 @@ class Runner:
         finally:
             accel.remove(self.pipe)
         meta = dict(method=method, prompt=item["prompt"], image=item.get("image"), seed=seed, timings=out.timings,
+                    accelerator=out.accelerator,
                     summary=out.summary,
                     per_scale_time=_per_scale_time(out.stats))
         np.savez_compressed(frames_f, frames=out.frames)
@@ -104,6 +105,11 @@ def run_eval(pipe, out_dir, methods: list[str], prompts: list[dict], seeds: list
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runner = Runner(pipe, out, log)
+    # warm-up (untimed, not stored): lazy initialisation, kernel compilation and CUDA graph capture must not count
+    # against whichever configuration happens to run first
+    for it in (prompts if pipe.device.type == "cuda" else prompts[:1]):
+        # on a GPU every prompt length is a new set of CUDA-graph shapes: capture them all before timing
+        pipe(it["prompt"], image=it.get("image"), seed=10_007, progress=False)
     jobs = [("dense", it, s) for it in prompts for s in seeds] + \
            [("dense", it, s + 1000) for it in prompts for s in seeds] + \
            [(m, it, s) for m in methods for it in prompts for s in seeds]
@@ -127,7 +133,7 @@ def run_eval(pipe, out_dir, methods: list[str], prompts: list[dict], seeds: list
                          flop_speedup=meta["summary"]["flop_speedup"],
                          time_s=meta["timings"]["transformer_s"] + meta["timings"].get("vae_decode_s", 0.0),
                          dense_time_s=dmeta["timings"]["transformer_s"] + dmeta["timings"].get("vae_decode_s", 0.0),
-                         per_scale_time=meta["per_scale_time"]))
+                         per_scale_time=meta["per_scale_time"], accelerator=meta.get("accelerator", {})))
     if bar is not None:
         bar.close()
     floor = []
@@ -165,7 +171,7 @@ def summarize_rows(rows: list[dict]) -> list[dict]:
     out = []
     for m, rs in by.items():
         ps = [r["psnr"] for r in rs]
-        out.append(dict(method=m, n=len(rs),
+        out.append(dict(method=m, n=len(rs), accelerator=rs[0].get("accelerator", {}),
                         psnr=float(np.mean([min(p, 100.0) for p in ps])), psnr_min=float(np.min(ps)),
                         ssim=float(np.mean([r["ssim"] for r in rs])),
                         flop_speedup=float(np.mean([r["flop_speedup"] for r in rs])),
@@ -188,27 +194,47 @@ def results_markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _family(row: dict) -> str:
+    """Plot grouping: the method, plus the FastSTAR update mode (partial / restore are different curves). Uses the
+    recorded accelerator config when present (presets change over time), else the method string."""
+    method = row["method"]
+    name = method.split(":")[0].split("+")[0]
+    if name in ("faststar", "random"):
+        upd = json.dumps(row.get("accelerator", {}))
+        restore = '"restore"' in upd if row.get("accelerator") else "update=restore" in method
+        return f"{name} ({'restore' if restore else 'partial'})"
+    return name
+
+
+def _pareto_front(points):
+    """Points (x, y) not dominated by a faster-and-better one, sorted by x."""
+    front = [p for p in points if not any(q[0] >= p[0] and q[1] > p[1] for q in points if q is not p)]
+    return sorted(front)
+
+
 def plot_pareto(res: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    by: dict[str, list] = {}
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5))
+    fams: dict[str, list] = {}
     for r in res["summary"]:
-        by.setdefault(r["method"].split(":")[0] + ("" if ":" not in r["method"] or r["method"].split(":")[1] in
-                                                    ("quality", "balanced", "fast") or r["method"].startswith(("skip", "stagevar"))
-                                                    else ":" + r["method"].split(":")[1].split("-")[0]), []).append(r)
+        fams.setdefault(_family(r), []).append(r)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, xkey, xlabel in ((axes[0], "flop_speedup", "FLOP-model speedup"),
-                             (axes[1], "wall_speedup", "measured wall-time speedup")):
-        for name, rs in sorted(by.items()):
-            rs = sorted(rs, key=lambda r: r[xkey])
-            ax.plot([r[xkey] for r in rs], [r["psnr"] for r in rs], "o-", label=name)
+                             (axes[1], "wall_speedup", "measured wall-time speedup (transformer + VAE decode)")):
+        for i, (fam, rs) in enumerate(sorted(fams.items())):
+            pts = [(r[xkey], r["psnr"]) for r in rs]
+            c = colors[i % len(colors)]
+            ax.scatter(*zip(*pts), color=c, label=fam, s=25)
+            front = _pareto_front(pts)
+            ax.plot(*zip(*front), color=c, lw=1.2)
         ax.axhline(res["noise_floor"]["psnr"], color="gray", ls="--", lw=1, label="seed-to-seed floor")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("PSNR vs dense (dB)")
+        ax.set_ylabel("PSNR vs same-seed dense (dB)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"quality vs speedup ({res['model']}, {res['device']})")
+    axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle(f"quality vs speedup: {res['model']} on {res['device']} (lines: each family's Pareto front)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

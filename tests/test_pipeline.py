@@ -122,3 +122,37 @@ def test_official_folder_errors(tmp_path, capsys):
     assert cli_main(["inspect", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "text encoder folder missing" in out and "infinitystar_videovae.pth" in out
+
+
+def test_video_continuation_teacher_forces_given_clips(tmp_path, clips):
+    """Continuation: the first clips come from the given frames (real footage), the last clip is generated."""
+    tr = faststar.build_transformer("golden-tiny")
+    random_init_(tr, 0, std=0.06)
+    vae = VideoVAE(vae_config("golden-tiny"))
+    random_init_(vae, 1, std=0.05)
+    spec = ModelSpec(kind="testbed", default_resolution="64x96", default_duration=1, official_prompt_format=False,
+                     smooth_first_frame=False, name="tiny-3clips",
+                     schedule_kwargs=dict(pyramid=[[1, 1], [2, 3], [4, 6]], clip_frames=[1, 2, 2],
+                                          image_reps=[1, 1, 1], video_reps=[2, 1, 1], semantic_scales=1))
+    pipe = FastStarPipeline(tr.eval(), vae.eval(), load_text_encoder("tiny:32"), spec, "cpu")
+    src = clips / "vtest.avi"
+    out = pipe("people walk", video=src, seed=0, progress=False)
+    assert out.frames.shape == (17, 64, 96, 3)
+    sched = spec.schedule(None, None)
+    forced = {s["step"] for s in out.stats if s["teacher_forced"]}
+    assert forced == {st.index for st in sched.steps if st.scale.clip < 2}
+    assert not any(s["teacher_forced"] for s in out.stats if s["clip"] == 2)
+    # the given clips' latent equals the multi-scale quantization of the encoded frames
+    from faststar.vae.quant import multiscale_quantize
+    frames = read_video(src, num_frames=9, size=(64, 96))
+    x = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    _, summed = multiscale_quantize(pipe.vae.encode(x), sched.first_clips(2))
+    assert torch.allclose(out.latent[:, :, :3], summed, atol=1e-6)
+    with pytest.raises(ValueError, match="not both"):
+        pipe("x", image=PHOTO, video=src, progress=False)
+
+
+def test_check_reference_cli_vae_case(golden, capsys):
+    assert cli_main(["check-reference", str(golden / "vae_tiny")]) == 0
+    out = capsys.readouterr().out
+    assert "q.bits" in out and "decoded" in out and "all within tolerance" in out

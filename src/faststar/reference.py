@@ -137,7 +137,7 @@ def summarize(results: list[dict]) -> list[dict]:
     """Largest error per quantity."""
     by: dict[str, dict] = {}
     for r in results:
-        q = r.get("quantity", r["name"])
+        q = r.get("quantity") or re.sub(r"step\d+\.", "", r["name"])
         cur = by.setdefault(q, dict(quantity=q, worst=r["name"], max_abs_err=-1.0, atol=r["atol"], ok=True,
                                     count=0))
         cur["count"] += 1

@@ -18,15 +18,16 @@ from faststar.vae.model import VideoVAE, vae_config
 PHOTO = Path(faststar.__file__).parent / "data" / "cup_frame30.jpg"
 
 
-def tiny_pipe():
+def tiny_pipe(clip_frames=(1, 2), image_reps=(2, 1, 1), name="tiny-test"):
+    """A tiny random transformer + tiny VAE + tiny text encoder behind the real pipeline (64x96 pixels)."""
     tr = faststar.build_transformer("golden-tiny")
     random_init_(tr, 0, std=0.06)
     vae = VideoVAE(vae_config("golden-tiny"))
     random_init_(vae, 1, std=0.05)
     spec = ModelSpec(kind="testbed", default_resolution="64x96", default_duration=1, official_prompt_format=False,
-                     smooth_first_frame=False, name="tiny-test",
-                     schedule_kwargs=dict(pyramid=[[1, 1], [2, 3], [4, 6]], clip_frames=[1, 2],
-                                          image_reps=[2, 1, 1], video_reps=[2, 1, 1], semantic_scales=1))
+                     smooth_first_frame=False, name=name,
+                     schedule_kwargs=dict(pyramid=[[1, 1], [2, 3], [4, 6]], clip_frames=list(clip_frames),
+                                          image_reps=list(image_reps), video_reps=[2, 1, 1], semantic_scales=1))
     return FastStarPipeline(tr.eval(), vae.eval(), load_text_encoder("tiny:32"), spec, "cpu",
                             text_encoder_spec="tiny:32")
 
@@ -126,15 +127,8 @@ def test_official_folder_errors(tmp_path, capsys):
 
 def test_video_continuation_teacher_forces_given_clips(tmp_path, clips):
     """Continuation: the first clips come from the given frames (real footage), the last clip is generated."""
-    tr = faststar.build_transformer("golden-tiny")
-    random_init_(tr, 0, std=0.06)
-    vae = VideoVAE(vae_config("golden-tiny"))
-    random_init_(vae, 1, std=0.05)
-    spec = ModelSpec(kind="testbed", default_resolution="64x96", default_duration=1, official_prompt_format=False,
-                     smooth_first_frame=False, name="tiny-3clips",
-                     schedule_kwargs=dict(pyramid=[[1, 1], [2, 3], [4, 6]], clip_frames=[1, 2, 2],
-                                          image_reps=[1, 1, 1], video_reps=[2, 1, 1], semantic_scales=1))
-    pipe = FastStarPipeline(tr.eval(), vae.eval(), load_text_encoder("tiny:32"), spec, "cpu")
+    pipe = tiny_pipe(clip_frames=(1, 2, 2), image_reps=(1, 1, 1), name="tiny-3clips")
+    spec = pipe.spec
     src = clips / "vtest.avi"
     out = pipe("people walk", video=src, seed=0, progress=False)
     assert out.frames.shape == (17, 64, 96, 3)

@@ -77,24 +77,24 @@ class TensorSource:
         if self._torch_sd is not None:
             return {k: tuple(v.shape) for k, v in self._torch_sd.items()}
         out = {}
-        by_file: dict[Path, list[str]] = {}
-        for k, f in self._files.items():
-            by_file.setdefault(f, []).append(k)
-        for f, ks in by_file.items():
+        for f, ks in self._by_file().items():
             with safe_open(str(f), "pt") as h:
                 for k in ks:
                     out[k] = tuple(h.get_slice(k).get_shape())
         return out
+
+    def _by_file(self) -> dict[Path, list[str]]:
+        by_file: dict[Path, list[str]] = {}
+        for k, f in self._files.items():
+            by_file.setdefault(f, []).append(k)
+        return by_file
 
     def items(self):
         """Yield (name, tensor) one at a time (file by file for safetensors)."""
         if self._torch_sd is not None:
             yield from self._torch_sd.items()
             return
-        by_file: dict[Path, list[str]] = {}
-        for k, f in self._files.items():
-            by_file.setdefault(f, []).append(k)
-        for f, ks in by_file.items():
+        for f, ks in self._by_file().items():
             with safe_open(str(f), "pt") as h:
                 for k in ks:
                     yield k, h.get_tensor(k)

@@ -1,0 +1,34 @@
+"""The GPU benchmark's CPU-checkable parts: clear refusal without CUDA, per-scale aggregation, the plot."""
+import json
+
+import pytest
+import torch
+
+from faststar.bench import per_scale, plot_bench, random_init_, run_bench
+from faststar.model.transformer import build_transformer
+
+
+def test_bench_needs_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        run_bench(resolutions=("480p",))
+
+
+def test_random_init_fills_norms_and_weights():
+    m = build_transformer("golden-tiny")
+    random_init_(m, 0, std=0.02)
+    assert torch.all(m.norm_hidden_sates.weight == 1) and torch.all(m.head.bias == 0)
+    assert 0.015 < m.word_embed.weight.std().item() < 0.025
+
+
+def test_per_scale_and_plot(tmp_path):
+    stats = [dict(scale=0, thw=[1, 1, 1], tokens=1, tokens_run=1, time_s=0.01, flops=1.0, flops_dense=1.0),
+             dict(scale=0, thw=[1, 1, 1], tokens=1, tokens_run=1, time_s=0.02, flops=1.0, flops_dense=1.0),
+             dict(scale=1, thw=[1, 2, 3], tokens=6, tokens_run=3, time_s=0.05, flops=2.0, flops_dense=4.0)]
+    ps = per_scale(stats)
+    assert ps[0]["reps"] == 2 and ps[0]["time_ms"] == pytest.approx(30.0) and ps[1]["tokens_run"] == 3
+    runs = [dict(resolution="720p", method=m, per_scale=ps, end_to_end_s=t, speedup_end_to_end=2.0 / t,
+                 vae_decode_s=0.1) for m, t in (("dense", 2.0), ("faststar:balanced", 1.0))]
+    png = plot_bench(dict(gpu="test", preset="golden-tiny", runs=runs), tmp_path / "b.png")
+    assert png.stat().st_size > 5000

@@ -114,7 +114,8 @@ def generate(model: STARTransformer, schedule: Schedule, text_LC: torch.Tensor, 
         tokens = model.embed(x_view.flatten(2).transpose(1, 2)[0])             # [N, C] fp32
         ctx = StepContext(schedule, st, canvas, prev_canvas, x_view, tokens, is_ref, forced is not None, seed, model)
         plan: StepPlan = acc.plan(ctx) if forced is None else DENSE
-        if forced is not None and skip_unread_forwards and not is_ref and record is None:
+        unread = forced is not None and skip_unread_forwards and not is_ref and record is None
+        if unread:
             plan = StepPlan(run=False)
         if is_ref and not plan.run:
             plan = DENSE    # a step that a later clip attends to always runs (its K/V is the context)
@@ -218,7 +219,8 @@ def generate(model: STARTransformer, schedule: Schedule, text_LC: torch.Tensor, 
                           tokens_run=n_run, branches=branches if plan.run else 0, dense_branches=batch,
                           ref_tokens=ref_tok, prune_layer=p_layer,
                           teacher_forced=forced is not None, flops=lin + att if plan.run else 0.0,
-                          flops_dense=lin_d + att_d, time_s=time.perf_counter() - ts, **plan.info))
+                          # a teacher-forced step that nothing reads is skipped by the dense engine as well
+                          flops_dense=0.0 if unread else lin_d + att_d, time_s=time.perf_counter() - ts, **plan.info))
         if progress is not None:
             progress(st, schedule)
     for k, flag in nan_flags:

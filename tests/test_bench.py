@@ -1,5 +1,4 @@
 """The GPU benchmark's CPU-checkable parts: clear refusal without CUDA, per-scale aggregation, the plot."""
-import json
 
 import pytest
 import torch

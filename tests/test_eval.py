@@ -4,7 +4,6 @@ import math
 import sys
 from pathlib import Path
 
-import pytest
 
 from faststar.cli import main as cli_main
 
@@ -44,7 +43,6 @@ def test_eval_cli_tiny_model(tmp_path, capsys):
     # dense against itself: infinite PSNR
     from faststar.metrics import psnr
     import numpy as np
-    runs = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
     dense = [p for p in (out / "runs").glob("*.json") if json.loads(p.read_text())["method"] == "dense"][0]
     frames = np.load(dense.with_suffix(".npz"))["frames"]
     assert psnr(frames, frames) == float("inf")

@@ -8,7 +8,6 @@ model. Every method is measured in the same process after a warm-up run, and rep
 from __future__ import annotations
 
 import json
-import math
 import platform
 import subprocess
 import time

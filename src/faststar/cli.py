@@ -5,9 +5,7 @@ Flags map one to one onto pipeline / config fields; the logic lives in the libra
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 
@@ -42,7 +40,6 @@ def _load_pipe(a):
 def _cmd_generate(a) -> int:
     from . import accel
     from .io import write_video
-    from .pipeline import FastStarPipeline  # noqa: F401
     try:
         pipe = _load_pipe(a)
     except (FileNotFoundError, ValueError) as e:
@@ -61,7 +58,6 @@ def _cmd_generate(a) -> int:
     write_video(path, out.frames, fps=out.fps)
     if a.save_masks:
         from .accel.viz import mask_video
-        from .pipeline import ModelSpec  # noqa: F401
         sched = pipe.spec.schedule(a.resolution, a.duration)
         mpath = path.with_name(path.stem + "_masks" + path.suffix)
         write_video(mpath, mask_video(out.masks, sched, out.frames), fps=out.fps)

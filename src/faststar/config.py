@@ -5,7 +5,7 @@ Nothing here knows about files or argparse.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 
 @dataclass

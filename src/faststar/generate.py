@@ -8,7 +8,6 @@ bits from the caller (image-to-video, video continuation, reference checks).
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 

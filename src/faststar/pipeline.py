@@ -10,9 +10,7 @@ conditioning image/video into teacher-forced bit labels, 4 the generation loop, 
 from __future__ import annotations
 
 import json
-import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,7 +207,6 @@ class FastStarPipeline:
                         ) -> Path:
         """Write a faststar model folder (config.json + transformer/vae safetensors) that ``from_pretrained``
         loads back. For models with a custom schedule (the testbed and small models)."""
-        from dataclasses import asdict
         from safetensors.torch import save_file
         if self.spec.kind == "official":
             raise ValueError("official models are loaded from the release's files; save_pretrained writes "

@@ -21,7 +21,6 @@ the same result as one pass over the whole sequence (the causal caches carry eve
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields
 
 import torch

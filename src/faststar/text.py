@@ -98,14 +98,39 @@ def t5_folder_problems(folder) -> list[str]:
     return missing
 
 
-class T5TextEncoder(nn.Module):
-    """flan-t5-xl encoder as the reference uses it (fp16 on CUDA; padded to ``max_length`` = 512, truncated)."""
+class _TokenStateEncoder(nn.Module):
+    """A Hugging Face encoder + tokenizer whose per-token last hidden states (valid tokens only) are the output."""
 
-    def __init__(self, model, tokenizer, max_length: int = 512, pad_to_max_length: bool = True):
+    def __init__(self, model, tokenizer, max_length: int):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.max_length = max_length
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _padding(self) -> str:
+        return "longest"
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> list[torch.Tensor]:
+        prompts = _check_prompts(prompts)
+        if not prompts:
+            return []
+        batch = self.tokenizer(prompts, max_length=self.max_length, truncation=True, padding=self._padding(),
+                               return_tensors="pt")
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        h_BLC = self.model(**batch).last_hidden_state
+        return _split_valid(h_BLC, batch["attention_mask"])
+
+
+class T5TextEncoder(_TokenStateEncoder):
+    """flan-t5-xl encoder as the reference uses it (fp16 on CUDA; padded to ``max_length`` = 512, truncated)."""
+
+    def __init__(self, model, tokenizer, max_length: int = 512, pad_to_max_length: bool = True):
+        super().__init__(model, tokenizer, max_length)
         # The reference pads every prompt to 512. With T5's masked attention and relative positions the valid
         # tokens are the same up to rounding when padding only to the longest prompt (cheaper); set False for that.
         self.pad_to_max_length = pad_to_max_length
@@ -134,20 +159,8 @@ class T5TextEncoder(nn.Module):
         model = T5EncoderModel.from_pretrained(str(folder), local_files_only=True, **_dtype_kwargs(dtype))
         return cls(model.to(device), tokenizer, max_length=max_length)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @torch.no_grad()
-    def encode(self, prompts: list[str]) -> list[torch.Tensor]:
-        prompts = _check_prompts(prompts)
-        if not prompts:
-            return []
-        batch = self.tokenizer(prompts, max_length=self.max_length, truncation=True, return_tensors="pt",
-                               padding="max_length" if self.pad_to_max_length else "longest")
-        ids_BL, mask_BL = batch.input_ids.to(self.device), batch.attention_mask.to(self.device)
-        h_BLC = self.model(input_ids=ids_BL, attention_mask=mask_BL).last_hidden_state
-        return _split_valid(h_BLC, mask_BL)
+    def _padding(self) -> str:
+        return "max_length" if self.pad_to_max_length else "longest"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -169,16 +182,13 @@ def minilm_folder() -> Path:
     return folder
 
 
-class MiniLMTextEncoder(nn.Module):
+class MiniLMTextEncoder(_TokenStateEncoder):
     """all-MiniLM-L6-v2 per-token states (last_hidden_state, incl. [CLS] and [SEP]); 384 channels, max 64 tokens."""
 
     channels = 384
 
     def __init__(self, model, tokenizer, max_length: int = 64):
-        super().__init__()
-        self.model = model.eval().requires_grad_(False)
-        self.tokenizer = tokenizer
-        self.max_length = max_length
+        super().__init__(model, tokenizer, max_length)
         if int(model.config.hidden_size) != self.channels:
             raise ValueError(f"expected a 384-channel MiniLM; got hidden_size {model.config.hidden_size}")
 
@@ -190,21 +200,6 @@ class MiniLMTextEncoder(nn.Module):
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         model = AutoModel.from_pretrained(str(folder), local_files_only=True, **_dtype_kwargs(dtype))
         return cls(model.to(_resolve_device(device)), tokenizer, max_length=max_length)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @torch.no_grad()
-    def encode(self, prompts: list[str]) -> list[torch.Tensor]:
-        prompts = _check_prompts(prompts)
-        if not prompts:
-            return []
-        batch = self.tokenizer(prompts, max_length=self.max_length, truncation=True, padding="longest",
-                               return_tensors="pt")
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        h_BLC = self.model(**batch).last_hidden_state
-        return _split_valid(h_BLC, batch["attention_mask"])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -171,6 +171,25 @@ class Frames:
         return v.flip(-1) if flip else v
 
 
+class Ticker:
+    """What both training loops do after every step: advance the time-based progress bar, and checkpoint (then
+    flush the log) every ``every_s`` seconds."""
+
+    def __init__(self, pb, budget, save, log, every_s: float):
+        self.pb, self.budget, self.save, self.log, self.every_s = pb, budget, save, log, every_s
+        self.last_t, self.last_save = 0, time.time()
+
+    def __call__(self) -> None:
+        now = int(self.budget.elapsed)
+        if now > self.last_t:
+            self.pb.update(min(now, self.pb.total) - self.pb.n)
+            self.last_t = now
+        if time.time() - self.last_save > self.every_s:
+            self.save()
+            self.log.flush()
+            self.last_save = time.time()
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # VAE with gradients (the engine's encode/decode are inference-only; these run the same modules on whole windows)
 
@@ -181,13 +200,7 @@ def vae_posterior(vae: VideoVAE, video_BCTHW: torch.Tensor) -> tuple[torch.Tenso
         enc = vae.encoder(video_BCTHW, first_chunk=True)
     finally:
         vae.reset_caches()
-    p = vae.cfg.patch_size
-    B, C, Tl, h, w = enc.shape
-    patched = F.pixel_unshuffle(enc.transpose(1, 2).reshape(B * Tl, C, h, w), p)
-    patched = patched.reshape(B, Tl, C * p * p, h // p, w // p).transpose(1, 2)
-    D = vae.cfg.embed_dim
-    lo, hi = vae.cfg.logvar_clamp
-    return patched[:, :D], patched[:, D:].clamp(lo, hi)
+    return vae.posterior_from_features(enc)
 
 
 def vae_latent(vae: VideoVAE, mean: torch.Tensor, logvar: torch.Tensor | None = None) -> torch.Tensor:
@@ -301,7 +314,8 @@ def train_vae(args, spec: TrainSpec, frames: Frames, val: Frames | None, device,
         vae.train()
         budget = Budget(seconds, args.deadline)
         pb = bar(budget.seconds, f"vae phase {phase}")
-        last_save, last_t, losses = time.time(), 0, []
+        tick = Ticker(pb, budget, save, log, args.ckpt_minutes * 60)
+        losses = []
         while not budget.done() and (args.max_vae_steps is None or state["step"] < args.max_vae_steps):
             step = state["step"]
             pick = [draw() for _ in range(batch)]
@@ -344,14 +358,7 @@ def train_vae(args, spec: TrainSpec, frames: Frames, val: Frames | None, device,
                         rec=rec.item(), kl=kl.item(), commit=commit.item(), psnr=round(p, 3),
                         grad_norm=float(gn), lr=opt.param_groups[0]["lr"])
                 pb.set_postfix_str(f"step {state['step']} loss {lv:.4f} psnr {p:.2f}", refresh=False)
-            now = int(budget.elapsed)
-            if now > last_t:
-                pb.update(min(now, pb.total) - pb.n)
-                last_t = now
-            if time.time() - last_save > args.ckpt_minutes * 60:
-                save()
-                log.flush()
-                last_save = time.time()
+            tick()
         pb.close()
         state["seconds"] += budget.elapsed
         return losses
@@ -586,7 +593,8 @@ def train_gpt(args, spec: TrainSpec, data: GPTData, val: GPTData | None, device,
     budget = Budget(args.minutes_gpt * 60, args.deadline)
     pb = bar(budget.seconds, "transformer")
     model.train()
-    last_save, last_t, losses = time.time(), 0, []
+    tick = Ticker(pb, budget, save, log, args.ckpt_minutes * 60)
+    losses = []
     acc_ema = None
     while not budget.done() and (args.max_gpt_steps is None or state["step"] < args.max_gpt_steps):
         step = state["step"]
@@ -614,14 +622,7 @@ def train_gpt(args, spec: TrainSpec, data: GPTData, val: GPTData | None, device,
                 row["acc_per_scale"] = [round(float(a), 4) for a in acc]
             log.add("gpt", **row)
             pb.set_postfix_str(f"step {state['step']} loss {lv:.4f} bit-acc {float(tok_acc.mean()):.3f}", refresh=False)
-        now = int(budget.elapsed)
-        if now > last_t:
-            pb.update(min(now, pb.total) - pb.n)
-            last_t = now
-        if time.time() - last_save > args.ckpt_minutes * 60:
-            save()
-            log.flush()
-            last_save = time.time()
+        tick()
     pb.close()
     state["seconds"] += budget.elapsed
     save()

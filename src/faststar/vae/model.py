@@ -490,14 +490,18 @@ class VideoVAE(nn.Module):
         finally:
             self.reset_caches()
         enc = torch.cat(outs, dim=2)
+        return EncoderOutput(enc, *self.posterior_from_features(enc))
+
+    def posterior_from_features(self, enc_BCTHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder output -> (posterior mean, clamped log-variance) [B, embed_dim, T', H/16, W/16]: per-frame
+        pixel-unshuffle (channel c*p*p + dy*p + dx), then the first embed_dim channels are the mean."""
         p = self.cfg.patch_size
-        B, C, Tl, h, w = enc.shape
-        # pixel-unshuffle per frame: channel c*p*p + dy*p + dx
-        patched = F.pixel_unshuffle(enc.transpose(1, 2).reshape(B * Tl, C, h, w), p)
+        B, C, Tl, h, w = enc_BCTHW.shape
+        patched = F.pixel_unshuffle(enc_BCTHW.transpose(1, 2).reshape(B * Tl, C, h, w), p)
         patched = patched.reshape(B, Tl, C * p * p, h // p, w // p).transpose(1, 2)
         D = self.cfg.embed_dim
         lo, hi = self.cfg.logvar_clamp
-        return EncoderOutput(enc, patched[:, :D], patched[:, D:].clamp(lo, hi))
+        return patched[:, :D], patched[:, D:].clamp(lo, hi)
 
     @torch.no_grad()
     def encode(self, video_BCTHW: torch.Tensor, sample: bool = False,

@@ -22,10 +22,13 @@ if __name__ == "__main__":
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--preset", default="infinitystar-8b")
     ap.add_argument("--no-warmup", action="store_true")
+    ap.add_argument("--warmup", default="all", choices=["all", "new"],
+                    help="warm up every method before timing it (all), or only a method that runs a kind of step "
+                         "no earlier method ran (new: pruned, single-branch, both)")
     ap.add_argument("--vae", action="store_true")
     ap.add_argument("--eager", action="store_true", help="do not compile the elementwise kernels")
     ap.add_argument("--no-graphs", action="store_true", help="do not replay small steps from CUDA graphs")
     a = ap.parse_args()
     run_bench(resolutions=a.res.split(","), duration=a.duration, methods=a.methods.split(","), preset=a.preset,
-              backend=a.backend, warmup=not a.no_warmup, with_vae=a.vae, out_json=a.out,
+              backend=a.backend, warmup=(a.warmup if not a.no_warmup else False), with_vae=a.vae, out_json=a.out,
               compile=not a.eager, graphs=not a.no_graphs)

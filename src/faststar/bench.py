@@ -78,6 +78,27 @@ def per_scale(stats: list[dict]) -> list[dict]:
     return list(out.values())
 
 
+def plan_kinds(acc, schedule, model_cfg) -> set:
+    """The kinds of step a method runs ("dense", "pruned", "single-branch", "pruned+single-branch"): the shapes
+    that compile and capture on first use. ``run_bench(warmup="new")`` warms a method up only when it brings a kind
+    no earlier method of the run has brought (compiled kernels take dynamic token counts after their first
+    recompile, so a new keep ratio needs no new warm-up; a new guidance batch size does)."""
+    if acc is None:
+        return {"dense"}
+    if hasattr(acc, "setup"):
+        acc.setup(model_cfg)
+    kinds = set()
+    for st in schedule.steps:
+        b = acc.budget(schedule, st)
+        if not b.run:
+            continue
+        pruned = b.tokens is not None and b.tokens < st.scale.num_tokens
+        single = b.branches == 1
+        kinds.add("pruned+single-branch" if pruned and single else "pruned" if pruned
+                  else "single-branch" if single else "dense")
+    return kinds
+
+
 def time_one(model, schedule, text, *, seed: int, accelerator=None, guidance=GuidanceConfig(),
              vae=None) -> dict:
     dev = model.device
@@ -109,7 +130,8 @@ def time_one(model, schedule, text, *, seed: int, accelerator=None, guidance=Gui
 
 
 def run_bench(resolutions=("720p", "480p"), duration: int = 5, methods=("dense",), preset: str = "infinitystar-8b",
-              backend: str = "auto", text_len: int = 128, seed: int = 0, warmup: bool = True, with_vae: bool = False,
+              backend: str = "auto", text_len: int = 128, seed: int = 0, warmup: bool | str = True,
+              with_vae: bool = False,
               out_json: str | Path | None = None, log=print, compile: bool = True, graphs: bool = True) -> dict:
     if not torch.cuda.is_available():
         raise RuntimeError("faststar bench needs a CUDA GPU (it runs the full-size model with random weights)")
@@ -140,15 +162,21 @@ def run_bench(resolutions=("720p", "480p"), duration: int = 5, methods=("dense",
             time_one(model, schedule, text, seed=seed, vae=vae)
             log(f"[{res_name}] warm-up run {time.perf_counter() - t:.1f}s")
         dense_time = None
+        seen: set = {"dense"}
         for m in methods:
             from .accel import accelerator_from_spec
             acc = accelerator_from_spec(m)
             name = m.split(":")[0].split("+")[0]
-            if warmup and acc is not None:
+            kinds = plan_kinds(acc, schedule, model.cfg)
+            warmed = False
+            if acc is not None and (warmup is True or warmup == "all" or (warmup == "new" and kinds - seen)):
                 # a method's own shapes (single-branch batch 1, pruned token counts) compile / capture on first use
                 time_one(model, schedule, text, seed=seed, accelerator=acc)
+                warmed = True
+            seen |= kinds
             r = time_one(model, schedule, text, seed=seed, accelerator=acc, vae=vae)
-            r.update(resolution=res_name, duration=duration, method=m, flop_model_total=fl["total"])
+            r.update(resolution=res_name, duration=duration, method=m, flop_model_total=fl["total"],
+                     own_warmup=warmed)
             if name == "dense" and dense_time is None:
                 dense_time = r
             if dense_time is not None:

@@ -85,7 +85,7 @@ def _cmd_inspect(a) -> int:
 def _cmd_bench(a) -> int:
     from .bench import run_bench
     run_bench(resolutions=a.res.split(","), duration=a.duration, methods=a.methods.split(","), preset=a.preset,
-              backend=a.attention, with_vae=a.vae, out_json=a.out)
+              backend=a.attention, with_vae=a.vae, out_json=a.out, warmup=a.warmup)
     return 0
 
 
@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--preset", default="infinitystar-8b")
     b.add_argument("--attention", default="auto")
     b.add_argument("--vae", action="store_true", help="also time the VAE decode (end to end)")
+    b.add_argument("--warmup", default="all", choices=["all", "new"],
+                   help="warm up every method before timing it, or only one that brings a new kind of step")
     b.add_argument("--out", default="bench.json")
     b.set_defaults(fn=_cmd_bench)
 

@@ -77,6 +77,7 @@ PRESETS: dict[str, dict[str, dict]] = {
     "skip": {
         "last1": dict(last_n=1),
         "last2": dict(last_n=2),
+        "last3": dict(last_n=3),
     },
 }
 

@@ -428,3 +428,60 @@ def test_mask_video_overlay(tiny):
     assert np.array_equal(vid[p][kept_px], frames[p][kept_px])
     assert (vid[p][~kept_px] != 128).any(axis=-1).all()
     assert np.array_equal(mask_video([None] * sched.num_steps, sched, frames), frames)
+
+
+# ---------------------------------------------------------------------------------------------- keep ratio 0, mean
+def test_keep_ratio_zero_skips_the_scale_like_skip(tiny):
+    """keep ratio 0 on the last scale = that step does not run: bit-identical to skip:last1, and accounted so."""
+    out = run(tiny, make_accelerator("faststar", "balanced", keep_ratios=(0.0, 1.0, 1.0)))
+    ref = run(tiny, make_accelerator("skip", "last1"))
+    assert torch.equal(out.latent, ref.latent)
+    skipped = [r for r in out.stats if r["tokens_run"] == 0 and not r["teacher_forced"]]
+    assert skipped and all(r["flops"] == 0.0 for r in skipped)
+    assert [r["step"] for r in skipped] == [r["step"] for r in ref.stats if r["tokens_run"] == 0]
+    fp = flop_plan("faststar", "balanced", schedule=tiny[1], model_cfg=tiny[0].cfg, text_len=7,
+                   keep_ratios=(0.0, 1.0, 1.0))
+    assert fp["total"] == pytest.approx(sum(r["flops"] for r in out.stats) + fp["text"], rel=1e-9)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        make_accelerator("faststar", "balanced", keep_ratios=(-0.1, 1.0))
+
+
+def test_mean_update_gives_pruned_positions_the_expected_code(tiny):
+    from faststar.sampling import GuidanceConfig, expected_codes, guide
+    model, sched, _, dense = tiny
+    logs = {}
+    for upd in ("restore", "mean"):
+        acc = make_accelerator("faststar", "balanced", update=upd)
+        logs[upd] = recording(acc)
+        run(tiny, acc)
+    i = next(k for k, (_, _, o) in enumerate(logs["mean"]) if o.keep_idx is not None)   # first pruned step
+    st, _, om = logs["mean"][i]
+    _, _, orr = logs["restore"][i]
+    N, d = st.scale.num_tokens, st.scale.bits
+    cm = om.codes[0].permute(1, 2, 3, 0).reshape(N, d)
+    cr = orr.codes[0].permute(1, 2, 3, 0).reshape(N, d)
+    kept = torch.zeros(N, dtype=torch.bool)
+    kept[om.keep_idx] = True
+    assert torch.equal(cm[kept], cr[kept])                      # same canvas before it: the kept tokens agree
+    logits = model.logits(om.hidden, st.scale.bits)
+    guided = guide(logits[0], logits[1], st.scale.tau, GuidanceConfig())
+    torch.testing.assert_close(cm[~kept], expected_codes(guided)[~kept], rtol=0, atol=1e-6)
+    assert (cm[~kept].abs() < 1 / math.sqrt(d)).all() and (cr[~kept].abs() == 1 / math.sqrt(d)).all()
+    # ratio 1 with update=mean runs nothing pruned: bit-identical to dense
+    assert_same_as_dense(run(tiny, make_accelerator("faststar", "balanced", update="mean", keep_ratios=1.0)), dense)
+
+
+def test_expected_codes_minimise_squared_error():
+    from faststar.sampling import expected_codes
+    torch.manual_seed(0)
+    logits = torch.randn(50, 8) * 2                        # 50 tokens, 4 bits
+    m = expected_codes(logits)
+    pair = logits.view(50, 4, 2)
+    p1 = torch.sigmoid(pair[..., 1] - pair[..., 0])
+    torch.testing.assert_close(m, (2 * p1 - 1) / 2.0)
+    samples = ((torch.rand(20000, 50, 4) < p1).float() * 2 - 1) / 2.0
+    err_mean = (samples - m).pow(2).mean()
+    err_zero = samples.pow(2).mean()
+    err_sample = (samples - samples.roll(1, 0)).pow(2).mean()
+    assert err_mean < err_zero and err_mean < err_sample
+    torch.testing.assert_close(err_sample, 2 * err_mean, rtol=0.03, atol=0)

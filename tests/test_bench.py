@@ -31,3 +31,20 @@ def test_per_scale_and_plot(tmp_path):
                  vae_decode_s=0.1) for m, t in (("dense", 2.0), ("faststar:balanced", 1.0))]
     png = plot_bench(dict(gpu="test", preset="golden-tiny", runs=runs), tmp_path / "b.png")
     assert png.stat().st_size > 5000
+
+
+def test_plan_kinds_decide_which_methods_need_a_warm_up():
+    from faststar.accel import accelerator_from_spec
+    from faststar.bench import plan_kinds
+    from faststar.config import transformer_config
+    from faststar.schedule import official_schedule
+    sch, cfg = official_schedule("720p", 5), transformer_config("infinitystar-8b")
+
+    def kinds(spec):
+        return plan_kinds(accelerator_from_spec(spec), sch, cfg)
+    assert kinds("dense") == {"dense"}
+    assert kinds("skip:last1") == {"dense"}                       # a step that does not run compiles nothing
+    assert kinds("faststar:balanced") == {"dense", "pruned"}
+    assert kinds("fastvar:hart") == {"dense", "pruned"}
+    assert kinds("stagevar:cfg0") == {"dense", "single-branch"}
+    assert kinds("faststar:balanced+single_branch_last=2") == {"dense", "single-branch", "pruned+single-branch"}

@@ -118,34 +118,44 @@ def run_eval(pipe, out_dir, methods: list[str], prompts: list[dict], seeds: list
         bar = tqdm(total=len(jobs), desc="eval", unit="video")
     rows = []
     dense_cache: dict = {}
-    for m, it, s in jobs:
-        meta, frames = runner.run(m, it, s)
-        if bar is not None:
-            bar.set_postfix_str(m)
-            bar.update(1)
-        if m == "dense":
-            dense_cache[(it["prompt"], it.get("image"), s)] = (meta, frames)
-            continue
-        dmeta, dframes = dense_cache[(it["prompt"], it.get("image"), s)]
-        rows.append(dict(method=m, prompt=it["prompt"], image=it.get("image"), seed=s,
-                         psnr=psnr(frames, dframes), ssim=ssim(frames, dframes),
-                         flop_speedup=meta["summary"]["flop_speedup"],
-                         time_s=meta["timings"]["transformer_s"] + meta["timings"].get("vae_decode_s", 0.0),
-                         dense_time_s=dmeta["timings"]["transformer_s"] + dmeta["timings"].get("vae_decode_s", 0.0),
-                         per_scale_time=meta["per_scale_time"], accelerator=meta.get("accelerator", {})))
+    interrupted = False
+    try:
+        for m, it, s in jobs:
+            meta, frames = runner.run(m, it, s)
+            if bar is not None:
+                bar.set_postfix_str(m)
+                bar.update(1)
+            if m == "dense":
+                dense_cache[(it["prompt"], it.get("image"), s)] = (meta, frames)
+                continue
+            dmeta, dframes = dense_cache[(it["prompt"], it.get("image"), s)]
+            rows.append(dict(method=m, prompt=it["prompt"], image=it.get("image"), seed=s,
+                             psnr=psnr(frames, dframes), ssim=ssim(frames, dframes),
+                             flop_speedup=meta["summary"]["flop_speedup"],
+                             time_s=meta["timings"]["transformer_s"] + meta["timings"].get("vae_decode_s", 0.0),
+                             dense_time_s=dmeta["timings"]["transformer_s"] + dmeta["timings"].get("vae_decode_s", 0.0),
+                             per_scale_time=meta["per_scale_time"], accelerator=meta.get("accelerator", {})))
+    except KeyboardInterrupt:
+        # Ctrl-C (or `timeout -s INT`): every finished run is on disk; write the results gathered so far
+        interrupted = True
+        log(f"interrupted: writing the results of {len(rows)} finished comparisons (rerun to resume)")
     if bar is not None:
         bar.close()
     floor = []
     for it in prompts:
         for s in seeds:
-            a = dense_cache[(it["prompt"], it.get("image"), s)][1]
-            b = dense_cache[(it["prompt"], it.get("image"), s + 1000)][1]
-            floor.append(dict(prompt=it["prompt"], image=it.get("image"), seed=s, psnr=psnr(a, b), ssim=ssim(a, b)))
+            a = dense_cache.get((it["prompt"], it.get("image"), s))
+            b = dense_cache.get((it["prompt"], it.get("image"), s + 1000))
+            if a is None or b is None:
+                continue
+            floor.append(dict(prompt=it["prompt"], image=it.get("image"), seed=s, psnr=psnr(a[1], b[1]),
+                              ssim=ssim(a[1], b[1])))
     summary = summarize_rows(rows)
     dense_rows = [v[0] for v in dense_cache.values()]
     result = dict(model=pipe.spec.name, device=str(pipe.device), seeds=seeds, prompts=prompts, methods=methods,
-                  date=time.strftime("%Y-%m-%d %H:%M"), noise_floor=dict(
-                      psnr=float(np.mean([f["psnr"] for f in floor])), ssim=float(np.mean([f["ssim"] for f in floor])),
+                  date=time.strftime("%Y-%m-%d %H:%M"), complete=not interrupted, noise_floor=dict(
+                      psnr=float(np.mean([f["psnr"] for f in floor])) if floor else float("nan"),
+                      ssim=float(np.mean([f["ssim"] for f in floor])) if floor else float("nan"),
                       per_video=floor),
                   dense_time_s=float(np.mean([d["timings"]["transformer_s"] + d["timings"].get("vae_decode_s", 0.0)
                                               for d in dense_rows])),
@@ -184,7 +194,9 @@ def results_markdown(res: dict) -> str:
              f"Seeds {res['seeds']}, {len(res['prompts'])} prompts. Quality: PSNR / SSIM of each accelerated video "
              f"against the dense video of the same prompt and seed (uint8 RGB, all frames). Noise floor (dense seed s "
              f"vs dense seed s+1000): PSNR {res['noise_floor']['psnr']:.2f} dB, SSIM {res['noise_floor']['ssim']:.3f}. "
-             f"Dense time {res['dense_time_s']:.2f} s per video (transformer + VAE decode).", "",
+             f"Dense time {res['dense_time_s']:.2f} s per video (transformer + VAE decode)." +
+             ("" if res.get("complete", True) else " INTERRUPTED: partial results (rerun the command to resume)."),
+             "",
              "| method | PSNR dB | min PSNR | SSIM | FLOP speedup | wall speedup |",
              "|---|---|---|---|---|---|"]
     for r in sorted(res["summary"], key=lambda r: (r["method"].split(":")[0], r["flop_speedup"])):
@@ -199,9 +211,11 @@ def _family(row: dict) -> str:
     method = row["method"]
     name = method.split(":")[0].split("+")[0]
     if name in ("faststar", "random"):
-        upd = json.dumps(row.get("accelerator", {}))
-        restore = '"restore"' in upd if row.get("accelerator") else "update=restore" in method
-        return f"{name} ({'restore' if restore else 'partial'})"
+        acc = row.get("accelerator") or {}
+        upd = acc.get("update")
+        if upd is None:
+            upd = next((u for u in ("mean", "restore", "partial") if f"update={u}" in method), "partial")
+        return f"{name} ({upd})"
     return name
 
 

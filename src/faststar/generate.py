@@ -16,7 +16,7 @@ import torch
 from .accel.base import DENSE, Accelerator, StepContext, StepOutput, StepPlan
 from .model.rope import rope_cos_sin, text_positions, visual_positions
 from .model.transformer import STARTransformer
-from .sampling import GuidanceConfig, guide, sample_bits, step_uniforms
+from .sampling import GuidanceConfig, expected_codes, guide, sample_bits, step_uniforms
 from .schedule import Schedule, step_flops
 from .vae.quant import area_down, bits_to_codes, lift_codes
 
@@ -172,6 +172,11 @@ def generate(model: STARTransformer, schedule: Schedule, text_LC: torch.Tensor, 
             mask = None
         elif plan.run:
             codes_Nd = bits_to_codes(b)
+            if plan.restored_codes == "mean" and ran is not None and keep is None:
+                # restored (not run) positions: the mean code of their restored logits instead of a sample
+                restored = torch.ones(N, dtype=torch.bool, device=dev)
+                restored[ran] = False
+                codes_Nd = torch.where(restored[:, None], expected_codes(guided), codes_Nd)
             if keep is not None:
                 full = codes_Nd.new_zeros(N, s.bits)
                 full[keep] = codes_Nd

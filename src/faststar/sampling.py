@@ -74,3 +74,16 @@ def sample_bits(logits_N2d: torch.Tensor, u_Nd: torch.Tensor, check_nan: bool = 
     if check_nan and torch.isnan(p1).any():
         raise FloatingPointError("NaN in the logits of this step (check the weights and the dtype)")
     return (u_Nd < p1).to(torch.uint8)
+
+
+def expected_codes(logits_N2d: torch.Tensor) -> torch.Tensor:
+    """The mean code under the per-bit distributions: (2 p(1) - 1) / sqrt(d) per bit, float32 [N, d].
+
+    Per bit (in units of 1/sqrt(d)), with m = 2p - 1 and b a +-1 sample of the same distribution: E[(b - m)^2] =
+    1 - m^2, the least of any fixed value; an independent second sample b' misses by E[(b - b')^2] = 2 (1 - m^2),
+    a zero code (Partial Update, skipping) by E[b^2] = 1.
+    """
+    N = logits_N2d.shape[0]
+    pair = logits_N2d.float().view(N, -1, 2)
+    m = torch.tanh(0.5 * (pair[..., 1] - pair[..., 0]))          # 2 sigmoid(x) - 1
+    return m / (m.shape[-1] ** 0.5)

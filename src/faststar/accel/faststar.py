@@ -18,6 +18,9 @@ The top ``ceil(rho * N)`` tokens by I run (shared by both guidance halves, indic
 ``update="partial"``: pruned positions get a zero code (the canvas keeps its value there);
 ``update="restore"``: pruned positions take the previous scale's last-block hidden states (its last repetition),
 resized, and are sampled like the rest.
+``update="mean"``: restored like that, but a pruned position gets the mean code of its restored logits
+((2 p - 1) / sqrt(d) per bit) instead of a sample: the value closest, in expected squared error, to what the dense
+run would have drawn there; a sample from stale logits misses by twice the code whenever it disagrees.
 
 Helpers shared with the baselines (``position_from_end``, ``detail_scale_count``, ``single_branch``,
 ``own_generator``, ``match_batch``) live here too.
@@ -37,7 +40,7 @@ from .base import Accelerator, StepBudget, StepContext, StepOutput, StepPlan
 SPATIAL_MODES = ("canvas", "hidden", "off")
 TEMPORAL_MODES = ("prev_frame", "prev_clip", "off")
 NORMS = ("rank", "mean")
-UPDATES = ("partial", "restore")
+UPDATES = ("partial", "restore", "mean")
 SELECT_MODES = ("ratio", "threshold")
 
 
@@ -245,8 +248,8 @@ def _ratios(v) -> tuple[float, ...]:
 
 def _check_ratios(name: str, ratios: tuple[float, ...]) -> None:
     for r in ratios:
-        if not 0.0 < r <= 1.0:
-            raise ValueError(f"{name} must hold keep ratios in (0, 1], got {ratios}")
+        if not 0.0 <= r <= 1.0:
+            raise ValueError(f"{name} must hold keep ratios in [0, 1] (0 = the scale does not run), got {ratios}")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -256,7 +259,8 @@ def _check_ratios(name: str, ratios: tuple[float, ...]) -> None:
 class FastSTARConfig:
     """FastSTAR knobs. ``keep_ratios`` is the one that matters; the rest have defaults to try first.
 
-    keep_ratios: keep ratio per prunable scale, counted from the clip's LAST scale: (last, second last, ...).
+    keep_ratios: keep ratio per prunable scale, counted from the clip's LAST scale: (last, second last, ...);
+        0 = that scale does not run (canvas unchanged there, as with skipping it).
         A float means the same ratio on every prunable scale; prunable scales beyond the tuple run dense.
         Lower = faster, less faithful. (Default = the "balanced" preset of presets.py.)
     mode: "ratio" (top ceil(rho*N)) or "threshold" (keep I > threshold, at least ``floor``, at most ``cap`` of N,
@@ -273,9 +277,10 @@ class FastSTARConfig:
         frame), or "off". Clip 0 never has a temporal term.
     w_sp, w_tm: weights of the two normalized terms.
     norm: "rank" (robust, scale-free) or "mean" (keeps relative magnitudes).
-    update: "partial" (pruned positions get zero codes: Partial Update) or "restore" (FastVAR-like: pruned
+    update: "partial" (pruned positions get zero codes: Partial Update), "restore" (FastVAR-like: pruned
         positions take the previous scale's last-block hidden states (its last repetition), resized trilinearly;
-        all positions are sampled).
+        all positions are sampled) or "mean" (restored the same way; pruned positions get the mean code of their
+        restored logits instead of a sample).
     probe_layer: blocks run on all tokens before scoring when spatial="hidden".
     eps: cosine epsilon (all-zero vectors compare equal).
     dense_ref_steps: a step that a later clip attends to runs dense (its K/V is the next clip's context);
@@ -380,8 +385,8 @@ class FastSTAR(Accelerator):
         """Tokens kept at a pruned step (threshold mode: the cap), or None when the step runs dense."""
         c = self.cfg
         rho = self.keep_ratio(schedule, step)
-        if rho is None or (c.mode == "ratio" and rho >= 1.0) or not self._scored(step.scale.clip):
-            return None
+        if rho is None or (c.mode == "ratio" and (rho >= 1.0 or rho == 0.0)) or not self._scored(step.scale.clip):
+            return None                        # dense, or (ratio 0) not run at all: see _skipped
         if c.dense_ref_steps and schedule.is_ref_step(step):
             return None
         N = step.scale.num_tokens
@@ -391,7 +396,13 @@ class FastSTAR(Accelerator):
     def _uses_probe(self) -> bool:
         return self.cfg.spatial == "hidden"
 
+    def _skipped(self, schedule: Schedule, step: Step) -> bool:
+        """Keep ratio 0: the step does not run at all (zero codes everywhere: Partial Update with nothing kept)."""
+        return self.cfg.mode == "ratio" and self.keep_ratio(schedule, step) == 0.0
+
     def budget(self, schedule: Schedule, step: Step) -> StepBudget:
+        if self._skipped(schedule, step):
+            return StepBudget(run=False)
         br = 1 if single_branch(schedule, step.scale, self.cfg.single_branch_last) else 2
         n = self._pruned_tokens(schedule, step)
         if n is None:
@@ -410,6 +421,8 @@ class FastSTAR(Accelerator):
     def plan(self, ctx: StepContext) -> StepPlan:
         c, st, sch = self.cfg, ctx.step, ctx.schedule
         b = self.budget(sch, st)
+        if not b.run:
+            return StepPlan(run=False, info=dict(keep_ratio=0.0, n_keep=0))
         if b.tokens is None:
             if self._uses_probe() and self._next_scale_pruned(sch, st):
                 return StepPlan(branches=b.branches, prune_layer=c.probe_layer, select=self._capture)
@@ -417,7 +430,7 @@ class FastSTAR(Accelerator):
         rho = self.keep_ratio(sch, st)
         info = dict(keep_ratio=rho, n_keep=b.tokens)
         restore = None
-        if c.update == "restore":
+        if c.update in ("restore", "mean"):
             if self._prev.previous(st.scale) is not None:
                 restore = self._restore
             else:
@@ -426,9 +439,10 @@ class FastSTAR(Accelerator):
             def select(h_BNC, ctx_, _info=info):
                 return self._select(ctx_, h_BNC, _info)
             return StepPlan(branches=b.branches, prune_layer=c.probe_layer, select=select, restore=restore,
-                            info=info)
+                            restored_codes=self._restored_codes, info=info)
         keep = self._select(ctx, None, info)
-        return StepPlan(keep_idx=keep, branches=b.branches, restore=restore, info=info)
+        return StepPlan(keep_idx=keep, branches=b.branches, restore=restore, restored_codes=self._restored_codes,
+                        info=info)
 
     # -- scoring and selection ------------------------------------------------------------------------------
     def _prev_thw(self, ctx: StepContext) -> tuple[int, int, int]:
@@ -487,8 +501,12 @@ class FastSTAR(Accelerator):
     def _restore(self, h_kept: torch.Tensor, keep: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         return self._prev.fill(h_kept, keep, ctx.scale, "trilinear")
 
+    @property
+    def _restored_codes(self) -> str:
+        return "mean" if self.cfg.update == "mean" else "sample"
+
     def observe(self, ctx: StepContext, out: StepOutput) -> None:
-        if self.cfg.update != "restore":
+        if self.cfg.update not in ("restore", "mean"):
             return
         st = ctx.step
         if not st.last_rep or not self._next_scale_pruned(ctx.schedule, st):

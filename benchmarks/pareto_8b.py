@@ -1,0 +1,164 @@
+"""Quality on the testbed against speed at 8B: one table and one Pareto plot per method family.
+
+    python benchmarks/pareto_8b.py --eval benchmarks/results/testbed_sweep2.json [--eval more.json ...] \
+        --bench benchmarks/results/grid_720p.json --out benchmarks/results/pareto_8b
+
+Quality (PSNR / SSIM against dense of the same seed) comes from `faststar eval` runs on the testbed; speed is the
+end-to-end speedup (transformer + VAE decode) of the same configuration at 8B / 720p 5 s from `faststar bench`.
+Each configuration's speed is, in this order of preference:
+  measured  - the configuration itself was timed in the bench run;
+  same plan - another timed configuration runs exactly the same steps with the same token counts and guidance
+              branches (a scoring variant, the random control at the same ratios): its time is used;
+  predicted - a per-step latency model fitted on the bench run's own steps (t = a + b n + c n (n + ctx), per
+              guidance branch, for steps of >= 3,000 tokens; smaller steps take their dense time) applied to the
+              configuration's plan. Marked as such in the table and drawn hollow in the plot.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from faststar.accel import flop_plan, parse_method_spec
+from faststar.schedule import official_schedule
+
+BIG = 3000          # steps with fewer tokens are launch-bound: modelled by their dense time
+
+
+def plan_signature(method: str, schedule) -> tuple:
+    if method == "dense":
+        m, p, o = "skip", None, dict(last_n=0)
+    else:
+        m, p, o = parse_method_spec(method)
+    fp = flop_plan(m, p, schedule=schedule, **o)
+    return tuple((r["tokens_run"], r["branches"], r["prune_layer"]) for r in fp["steps"])
+
+
+class LatencyModel:
+    """Per-step device time from a bench run: dense steps as measured, large pruned steps by least squares."""
+
+    def __init__(self, bench: dict, resolution: str = "720p"):
+        runs = [r for r in bench["runs"] if r["resolution"] == resolution]
+        dense = next(r for r in runs if r["method"] == "dense")
+        self.dense_ms = {s["step"]: 1000 * s["time_s"] for s in dense["per_step"]}
+        self.vae_s = dense.get("vae_decode_s", 0.0)
+        self.dense_e2e = dense["end_to_end_s"]
+        self.schedule = official_schedule(resolution, dense.get("duration", 5))
+        ref = {st.index: (self.schedule.scales[st.scale.ref_scale].num_tokens if st.scale.ref_scale is not None
+                          else 0) for st in self.schedule.steps}
+        self.ref, self.text = ref, bench.get("text_tokens", 128)
+        rows, ys = [], []
+        for r in runs:
+            for s in r["per_step"]:
+                if s["tokens_run"] >= BIG and s["branches"] > 0:
+                    rows.append(self._features(s["step"], s["tokens_run"], s["branches"]))
+                    ys.append(1000 * s["time_s"])
+        self.coef, *_ = np.linalg.lstsq(np.array(rows), np.array(ys), rcond=None)
+
+    def _features(self, step: int, n: int, branches: int):
+        ctx = self.text + self.ref[step] + n
+        return [1.0, n * branches, n * ctx * branches / 1e4]
+
+    def step_ms(self, row: dict) -> float:
+        n, N, br = row["tokens_run"], row["tokens"], row["branches"]
+        if n == 0 or br == 0:
+            return 0.0
+        if n == N and br == 2 and row["prune_layer"] == 0:
+            return self.dense_ms[row["step"]]
+        if N < BIG:
+            return self.dense_ms[row["step"]] * (n / N) ** 0.5 * (0.6 if br == 1 else 1.0)
+        return float(np.dot(self.coef, self._features(row["step"], n, br)))
+
+    def e2e_speedup(self, method: str) -> float:
+        m, p, o = parse_method_spec(method)
+        fp = flop_plan(m, p, schedule=self.schedule, **o)
+        t = sum(self.step_ms(r) for r in fp["steps"]) / 1000
+        return self.dense_e2e / (t + self.vae_s)
+
+
+def family(method: str, acc: dict) -> str:
+    name = method.split(":")[0].split("+")[0]
+    if name in ("faststar", "random"):
+        upd = acc.get("update", "partial")
+        var = ""
+        if name == "faststar":
+            if acc.get("spatial") == "off":
+                var = " temporal only"
+            elif acc.get("temporal") == "off":
+                var = " spatial only"
+            elif acc.get("temporal") == "prev_clip":
+                var = " prev_clip"
+        return f"{name}{var} ({upd})"
+    return name
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--eval", action="append", required=True, help="faststar eval results.json (repeatable)")
+    ap.add_argument("--bench", required=True, help="faststar bench JSON with a dense run")
+    ap.add_argument("--res", default="720p")
+    ap.add_argument("--out", required=True, help="output stem: writes <out>.md, <out>.png, <out>.json")
+    a = ap.parse_args(argv)
+    bench = json.loads(Path(a.bench).read_text())
+    model = LatencyModel(bench, a.res)
+    timed = {r["method"]: r["speedup_end_to_end"] for r in bench["runs"] if r["resolution"] == a.res}
+    sig_timed = {plan_signature(m, model.schedule): (m, s) for m, s in timed.items()}
+    rows = []
+    floors = []
+    for path in a.eval:
+        res = json.loads(Path(path).read_text())
+        floors.append(res["noise_floor"]["psnr"])
+        for r in res["summary"]:
+            m = r["method"]
+            if m in timed:
+                sp, how = timed[m], "measured"
+            else:
+                hit = sig_timed.get(plan_signature(m, model.schedule))
+                sp, how = (hit[1], f"same plan as {hit[0]}") if hit else (model.e2e_speedup(m), "predicted")
+            rows.append(dict(method=m, family=family(m, r.get("accelerator", {})), psnr=r["psnr"],
+                             psnr_min=r["psnr_min"], ssim=r["ssim"], n=r["n"], testbed_flop_speedup=r["flop_speedup"],
+                             speedup_8b=sp, speed_source=how, predicted_8b=model.e2e_speedup(m)))
+    rows.sort(key=lambda r: (r["family"], r["speedup_8b"]))
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(dict(bench=a.bench, evals=a.eval, noise_floor=floors,
+                                                        latency_model=list(map(float, model.coef)), rows=rows),
+                                                   indent=1))
+    lines = ["| family | configuration | testbed PSNR dB | min | SSIM | 8B 720p e2e speedup | speed from |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['family']} | `{r['method']}` | {r['psnr']:.2f} | {r['psnr_min']:.2f} | {r['ssim']:.3f} | "
+                     f"{r['speedup_8b']:.2f}x | {r['speed_source']} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(10, 6.5))
+    fams = sorted({r["family"] for r in rows})
+    cmap = plt.get_cmap("tab20")
+    for i, f in enumerate(fams):
+        rs = sorted([r for r in rows if r["family"] == f], key=lambda r: r["speedup_8b"])
+        xs, ys = [r["speedup_8b"] for r in rs], [r["psnr"] for r in rs]
+        ax.plot(xs, ys, "-", color=cmap(i % 20), lw=1, alpha=0.6)
+        for r in rs:
+            hollow = r["speed_source"] == "predicted"
+            ax.plot(r["speedup_8b"], r["psnr"], "o", color=cmap(i % 20), mfc="none" if hollow else cmap(i % 20))
+        ax.plot([], [], "o-", color=cmap(i % 20), label=f)
+    for fl in sorted(set(round(f, 2) for f in floors)):
+        ax.axhline(fl, color="grey", ls=":", lw=1)
+        ax.text(ax.get_xlim()[0], fl, f" seed-to-seed floor {fl:.1f} dB", va="bottom", fontsize=7, color="grey")
+    ax.set_xlabel(f"end-to-end speedup at 8B / {a.res} 5 s on an H200 (hollow: latency-model prediction)")
+    ax.set_ylabel("testbed PSNR vs dense, same seed (dB)")
+    ax.set_title("Quality (testbed) vs speed (8B, measured)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=120)
+    plt.close(fig)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

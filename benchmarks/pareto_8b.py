@@ -21,19 +21,21 @@ from pathlib import Path
 
 import numpy as np
 
-from faststar.accel import flop_plan, parse_method_spec
+from faststar.accel import accelerator_from_record, flop_plan
 from faststar.schedule import official_schedule
 
 BIG = 3000          # steps with fewer tokens are launch-bound: modelled by their dense time
 
 
-def plan_signature(method: str, schedule) -> tuple:
-    if method == "dense":
-        m, p, o = "skip", None, dict(last_n=0)
-    else:
-        m, p, o = parse_method_spec(method)
-    fp = flop_plan(m, p, schedule=schedule, **o)
-    return tuple((r["tokens_run"], r["branches"], r["prune_layer"]) for r in fp["steps"])
+def plan_signature(acc, schedule) -> tuple:
+    """(tokens run, guidance branches) of every step: what the time of a run depends on."""
+    fp = flop_plan(acc if acc is not None else "skip", None if acc is not None else "last1", schedule=schedule,
+                   **({} if acc is not None else dict(last_n=0)))
+    return tuple((r["tokens_run"], r["branches"]) for r in fp["steps"]), max(r["prune_layer"] for r in fp["steps"])
+
+
+def bench_signature(run: dict) -> tuple:
+    return tuple((s["tokens_run"], s["branches"]) for s in run["per_step"])
 
 
 class LatencyModel:
@@ -71,9 +73,8 @@ class LatencyModel:
             return self.dense_ms[row["step"]] * (n / N) ** 0.5 * (0.6 if br == 1 else 1.0)
         return float(np.dot(self.coef, self._features(row["step"], n, br)))
 
-    def e2e_speedup(self, method: str) -> float:
-        m, p, o = parse_method_spec(method)
-        fp = flop_plan(m, p, schedule=self.schedule, **o)
+    def e2e_speedup(self, acc) -> float:
+        fp = flop_plan(acc, schedule=self.schedule)
         t = sum(self.step_ms(r) for r in fp["steps"]) / 1000
         return self.dense_e2e / (t + self.vae_s)
 
@@ -103,8 +104,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     bench = json.loads(Path(a.bench).read_text())
     model = LatencyModel(bench, a.res)
-    timed = {r["method"]: r["speedup_end_to_end"] for r in bench["runs"] if r["resolution"] == a.res}
-    sig_timed = {plan_signature(m, model.schedule): (m, s) for m, s in timed.items()}
+    timed = [r for r in bench["runs"] if r["resolution"] == a.res]
+    by_sig = {bench_signature(r): r for r in timed}
     rows = []
     floors = []
     for path in a.eval:
@@ -112,25 +113,30 @@ def main(argv=None):
         floors.append(res["noise_floor"]["psnr"])
         for r in res["summary"]:
             m = r["method"]
-            if m in timed:
-                sp, how = timed[m], "measured"
+            acc = accelerator_from_record(r.get("accelerator"))
+            sig, prune_layer = plan_signature(acc, model.schedule)
+            hit = by_sig.get(sig)
+            if hit is not None and (prune_layer == 0 or hit["method"] == m):
+                sp = hit["speedup_end_to_end"]
+                how = "measured" if hit["method"] == m else f"same plan as {hit['method']}"
             else:
-                hit = sig_timed.get(plan_signature(m, model.schedule))
-                sp, how = (hit[1], f"same plan as {hit[0]}") if hit else (model.e2e_speedup(m), "predicted")
+                sp, how = model.e2e_speedup(acc), "predicted"
             rows.append(dict(method=m, family=family(m, r.get("accelerator", {})), psnr=r["psnr"],
                              psnr_min=r["psnr_min"], ssim=r["ssim"], n=r["n"], testbed_flop_speedup=r["flop_speedup"],
-                             speedup_8b=sp, speed_source=how, predicted_8b=model.e2e_speedup(m)))
+                             speedup_8b=sp, speed_source=how, predicted_8b=model.e2e_speedup(acc),
+                             accelerator=r.get("accelerator"), eval=Path(path).stem, eval_device=res["device"],
+                             seeds=res["seeds"]))
     rows.sort(key=lambda r: (r["family"], r["speedup_8b"]))
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(dict(bench=a.bench, evals=a.eval, noise_floor=floors,
                                                         latency_model=list(map(float, model.coef)), rows=rows),
                                                    indent=1))
-    lines = ["| family | configuration | testbed PSNR dB | min | SSIM | 8B 720p e2e speedup | speed from |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| family | configuration | testbed PSNR dB | min | SSIM | videos | eval run | 8B e2e speedup | speed from |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['family']} | `{r['method']}` | {r['psnr']:.2f} | {r['psnr_min']:.2f} | {r['ssim']:.3f} | "
-                     f"{r['speedup_8b']:.2f}x | {r['speed_source']} |")
+                     f"{r['n']} | {r['eval']} ({r['eval_device']}) | {r['speedup_8b']:.2f}x | {r['speed_source']} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     import matplotlib
     matplotlib.use("Agg")
@@ -140,18 +146,21 @@ def main(argv=None):
     cmap = plt.get_cmap("tab20")
     for i, f in enumerate(fams):
         rs = sorted([r for r in rows if r["family"] == f], key=lambda r: r["speedup_8b"])
-        xs, ys = [r["speedup_8b"] for r in rs], [r["psnr"] for r in rs]
-        ax.plot(xs, ys, "-", color=cmap(i % 20), lw=1, alpha=0.6)
+        front = [r for r in rs if not any(q["speedup_8b"] >= r["speedup_8b"] and q["psnr"] > r["psnr"] for q in rs)]
+        ax.plot([r["speedup_8b"] for r in front], [r["psnr"] for r in front], "-", color=cmap(i % 20), lw=1.2,
+                alpha=0.7)
         for r in rs:
             hollow = r["speed_source"] == "predicted"
-            ax.plot(r["speedup_8b"], r["psnr"], "o", color=cmap(i % 20), mfc="none" if hollow else cmap(i % 20))
+            ax.plot(r["speedup_8b"], r["psnr"], "s" if r["eval_device"] == "cpu" else "o", color=cmap(i % 20),
+                    mfc="none" if hollow else cmap(i % 20))
         ax.plot([], [], "o-", color=cmap(i % 20), label=f)
     for fl in sorted(set(round(f, 2) for f in floors)):
         ax.axhline(fl, color="grey", ls=":", lw=1)
         ax.text(ax.get_xlim()[0], fl, f" seed-to-seed floor {fl:.1f} dB", va="bottom", fontsize=7, color="grey")
-    ax.set_xlabel(f"end-to-end speedup at 8B / {a.res} 5 s on an H200 (hollow: latency-model prediction)")
+    ax.set_xlabel(f"end-to-end speedup at 8B / {a.res} 5 s on an H200 (hollow: latency-model prediction; "
+                  "squares: testbed quality from a CPU eval run)")
     ax.set_ylabel("testbed PSNR vs dense, same seed (dB)")
-    ax.set_title("Quality (testbed) vs speed (8B, measured)")
+    ax.set_title("Quality (testbed) vs speed (8B): every configuration, lines join each family's Pareto front")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()

@@ -384,7 +384,7 @@ def test_apply_remove_reversible_and_idempotent():
 
 # ---------------------------------------------------------------------------------------------- (8) restore variant
 def test_restore_fills_hidden_for_all_positions(tiny):
-    acc = make_accelerator("faststar", "balanced", update="restore")
+    acc = make_accelerator("faststar", "prune-balanced")
     log = recording(acc)
     out = run(tiny, acc)
     n = 0
@@ -416,7 +416,7 @@ def test_presets_flop_savings_at_8b_720p():
 
 def test_mask_video_overlay(tiny):
     _, sched, _, _ = tiny
-    out = run(tiny, make_accelerator("faststar", "balanced"))
+    out = run(tiny, make_accelerator("faststar", "prune-balanced"))
     T = sched.pixel_frames
     frames = np.full((T, 12, 16, 3), 128, dtype=np.uint8)
     vid = mask_video(out.masks, sched, frames)

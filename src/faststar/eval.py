@@ -21,15 +21,14 @@ DEFAULT_PROMPTS = Path(__file__).resolve().parent / "data" / "eval_prompts.jsonl
 # method[:preset] strings; the standard comparison set (at several speedups each)
 # (spec syntax: faststar.accel.parse_method_spec)
 STANDARD_METHODS = [
-    "faststar:quality", "faststar:balanced", "faststar:fast",
-    "faststar:quality+temporal=off", "faststar:balanced+temporal=off", "faststar:fast+temporal=off",
-    "faststar:quality+spatial=off", "faststar:balanced+spatial=off", "faststar:fast+spatial=off",
-    "faststar:quality+temporal=prev_clip", "faststar:balanced+temporal=prev_clip", "faststar:fast+temporal=prev_clip",
-    "faststar:quality+update=restore", "faststar:balanced+update=restore", "faststar:fast+update=restore",
-    "random:quality", "random:balanced", "random:fast",
-    "fastvar:balanced", "fastvar:fast", "fastvar:hart",
-    "stagevar:cfg0+single_branch_last=1", "stagevar:cfg0+single_branch_last=2", "stagevar:cfg0", "stagevar:original",
-    "skip:last1", "skip:last2", "skip:last1+last_n=3",
+    "faststar:quality", "faststar:balanced", "faststar:fast", "faststar:prune-balanced", "faststar:prune-fast",
+    # FastSTAR's variants at three budgets: one score term, the other temporal reference, Partial Update
+    *[f"faststar:{p}+{v}" for v in ("temporal=off", "spatial=off", "temporal=prev_clip", "update=partial")
+      for p in ("quality", "prune-balanced", "prune-fast")],
+    "random:quality", "random:balanced", "random:fast", "random:prune-balanced", "random:prune-fast",
+    "fastvar:hart", "fastvar:balanced", "fastvar:fast",
+    "stagevar:cfg0-last2", "stagevar:cfg0", "stagevar:original",
+    "skip:last1", "skip:last2", "skip:last3",
 ]
 QUICK_METHODS = ["faststar:balanced", "faststar:fast", "random:balanced", "skip:last1"]
 

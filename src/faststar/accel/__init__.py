@@ -100,6 +100,18 @@ def make_accelerator(method: str | Accelerator, preset: str | None = None, **ove
     return acc
 
 
+def accelerator_from_record(record: dict | None) -> Accelerator | None:
+    """Rebuild an accelerator from its ``describe()`` record (what results files store), independent of what the
+    preset names mean today. None or a dense record gives None."""
+    if not record or record.get("method") in (None, "dense"):
+        return None
+    name = record["method"]
+    knobs = {k: tuple(v) if isinstance(v, list) else v for k, v in record.items() if k not in ("method", "preset")}
+    acc = make_accelerator(name, None, **knobs)
+    acc.preset = record.get("preset")
+    return acc
+
+
 def apply(pipe, method: str | Accelerator, preset: str | None = None, **overrides):
     """Set ``pipe.accelerator`` (after removing any previous one). Returns ``pipe``."""
     if not hasattr(pipe, "accelerator"):
@@ -180,5 +192,6 @@ def flop_plan(method: str | Accelerator = "faststar", preset: str | None = None,
     return out
 
 
-__all__ = ["METHODS", "PRESETS", "DEFAULT_PRESET", "make_accelerator", "apply", "remove", "flop_plan",
+__all__ = ["METHODS", "PRESETS", "DEFAULT_PRESET", "make_accelerator", "accelerator_from_record", "apply", "remove",
+           "flop_plan",
            "Accelerator", "FastSTAR", "RandomPrune", "FastVAR", "StageVAR", "SkipScales"]

@@ -485,3 +485,35 @@ def test_expected_codes_minimise_squared_error():
     err_sample = (samples - samples.roll(1, 0)).pow(2).mean()
     assert err_mean < err_zero and err_mean < err_sample
     torch.testing.assert_close(err_sample, 2 * err_mean, rtol=0.03, atol=0)
+
+
+def test_stratified_selection_spreads_kept_tokens_over_tiles():
+    from faststar.accel.faststar import select_stratified
+    t, h, w, b = 2, 8, 12, 4
+    score = torch.zeros(t, h, w)
+    score[:, :4, :4] = 10.0 + torch.rand(t, 4, 4)       # one hot tile per frame: plain top-k keeps only it
+    score = score.flatten()
+    n_keep = 24
+    top = select_topk(score, n_keep)
+    strat = select_stratified(score, (t, h, w), n_keep, b)
+    tile = lambda i: (i // (h * w), (i % (h * w)) // w // b, (i % w) // b)   # noqa: E731
+    assert len({tile(int(i)) for i in top}) == 2
+    counts = {}
+    for i in strat.tolist():
+        counts[tile(i)] = counts.get(tile(i), 0) + 1
+    assert len(counts) == t * (h // b) * (w // b) and set(counts.values()) == {2}     # 24 over 12 tiles of 16
+    hot = [i for i in strat.tolist() if tile(i)[1:] == (0, 0)]
+    for f in range(t):                                   # within the hot tile: its two best tokens
+        best = torch.topk(score.view(t, h * w)[f].view(h, w)[:4, :4].flatten(), 2).values
+        got = sorted((score[i].item() for i in hot if i // (h * w) == f), reverse=True)
+        assert got == best.tolist()
+    assert torch.equal(strat, torch.sort(strat).values) and strat.unique().numel() == n_keep
+
+
+def test_block_option_keeps_the_same_budget(tiny):
+    plain = run(tiny, make_accelerator("faststar", "prune-balanced"))
+    spread = run(tiny, make_accelerator("faststar", "prune-balanced", block=2))
+    assert [r["tokens_run"] for r in spread.stats] == [r["tokens_run"] for r in plain.stats]
+    assert any(a is not None and not torch.equal(a, b) for a, b in zip(spread.masks, plain.masks))
+    with pytest.raises(ValueError, match="block"):
+        make_accelerator("faststar", "balanced", block=-1)

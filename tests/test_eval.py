@@ -73,3 +73,16 @@ def test_eval_interrupted_writes_partial_results_and_resumes(tmp_path, monkeypat
     full = ev.run_eval(pipe, tmp_path, methods, prompts, [0], progress=False)
     assert full["complete"] is True and [r["method"] for r in full["rows"]] == methods
     assert full["rows"][0]["psnr"] == res["rows"][0]["psnr"]
+
+
+def test_eval_cache_is_keyed_by_the_resolved_config(tmp_path):
+    """Two names for the same knobs share a run; the same name with other knobs does not."""
+    from faststar import eval as ev
+    pipe = tiny_pipe()
+    r = ev.Runner(pipe, tmp_path)
+    item = {"prompt": "a ball rolls"}
+    r.run("faststar:balanced+keep_ratios=0.5/0.7/1.0", item, 0)
+    r.run("faststar:quality+keep_ratios=0.5/0.7/1.0+update=restore", item, 0)      # quality = restore too
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 1
+    r.run("faststar:balanced+keep_ratios=0.5/0.8/1.0", item, 0)
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 2

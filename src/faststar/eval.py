@@ -68,11 +68,16 @@ class Runner:
     def run(self, method: str, item: dict, seed: int) -> tuple[dict, np.ndarray]:
         """One generation (cached on disk): metadata and frames."""
         from . import accel
-        k = _key(method, item["prompt"], item.get("image"), seed, self.pipe.spec.name)
+        acc = accel.accelerator_from_spec(method)
+        # keyed by what runs (the resolved knobs), not by the name: a preset that changes meaning is not reused
+        what = "dense" if acc is None else json.dumps({k: v for k, v in acc.describe().items() if k != "preset"},
+                                                      sort_keys=True)
+        k = _key(what, item["prompt"], item.get("image"), seed, self.pipe.spec.name)
         meta_f, frames_f = self.out / "runs" / f"{k}.json", self.out / "runs" / f"{k}.npz"
         if meta_f.exists() and frames_f.exists():
-            return json.loads(meta_f.read_text()), np.load(frames_f)["frames"]
-        acc = accel.accelerator_from_spec(method)
+            meta = json.loads(meta_f.read_text())
+            meta["method"] = method
+            return meta, np.load(frames_f)["frames"]
         if acc is None:
             accel.remove(self.pipe)
         else:

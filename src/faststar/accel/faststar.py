@@ -147,6 +147,34 @@ def select_topk(score_N: torch.Tensor, n_keep: int) -> torch.Tensor:
     return torch.sort(order).values
 
 
+def select_stratified(score_N: torch.Tensor, thw: tuple[int, int, int], n_keep: int, block: int) -> torch.Tensor:
+    """n_keep indices spread over the grid: every (1 x block x block) tile of every frame keeps about the same share
+    of its tokens, the highest-scoring ones of the tile (round-robin over tiles by within-tile rank, ties by score).
+    Sorted ascending."""
+    n = score_N.numel()
+    t, h, w = thw
+    if n != t * h * w:
+        raise ValueError(f"{n} scores for a {thw} grid")
+    if not 1 <= n_keep <= n:
+        raise ValueError(f"n_keep must be in [1, {n}], got {n_keep}")
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
+    dev = score_N.device
+    f = torch.arange(t, device=dev).view(t, 1, 1)
+    y = torch.arange(h, device=dev).view(1, h, 1) // block
+    x = torch.arange(w, device=dev).view(1, 1, w) // block
+    nby, nbx = -(-h // block), -(-w // block)
+    tile = ((f * nby + y) * nbx + x).flatten()                               # [N] tile id of each token
+    by_score = torch.sort(score_N.float(), descending=True, stable=True).indices
+    order = by_score[torch.sort(tile[by_score], stable=True).indices]       # grouped by tile, best first
+    sizes = torch.bincount(tile, minlength=int(tile.max()) + 1)
+    starts = torch.cumsum(sizes, 0) - sizes
+    pos = torch.arange(n, device=dev) - starts[tile[order]]                  # rank within the tile
+    frac = (pos.float() + 0.5) / sizes[tile[order]].float()                  # share of the tile kept so far
+    pick = order[torch.sort(frac, stable=True).indices[:n_keep]]             # stable: ties keep score order
+    return torch.sort(pick).values
+
+
 def select_threshold(score_N: torch.Tensor, threshold: float, floor: float = 0.0, cap: float = 1.0
                      ) -> torch.Tensor:
     """Every token with score > threshold, at least ceil(floor * N) and at most ceil(cap * N) of them (the
@@ -287,6 +315,8 @@ class FastSTARConfig:
         off: the next clip sees only the kept positions.
     single_branch_last: n > 0 also runs a single guidance branch (no CFG/APG) on the last n scales of each clip
         (the StageVAR combination); 0 = off.
+    block: ratio mode only; > 0 spreads the kept tokens: every block x block tile of every latent frame keeps about
+        the same share, its most important tokens (0 = plain top-k over the whole step).
     seed_offset: only used by the "random" control (its own generator).
     """
     keep_ratios: tuple[float, ...] | float = (0.3, 0.55, 0.8)
@@ -306,6 +336,7 @@ class FastSTARConfig:
     eps: float = 1e-6
     dense_ref_steps: bool = False
     single_branch_last: int = 0
+    block: int = 0
     seed_offset: int = 0
 
     def __post_init__(self):
@@ -324,6 +355,8 @@ class FastSTARConfig:
             raise ValueError(f"probe_layer must be >= 1, got {self.probe_layer}")
         if self.single_branch_last < 0:
             raise ValueError(f"single_branch_last must be >= 0, got {self.single_branch_last}")
+        if self.block < 0:
+            raise ValueError(f"block must be >= 0 (0 = plain top-k), got {self.block}")
 
 
 class FastSTAR(Accelerator):
@@ -477,7 +510,9 @@ class FastSTAR(Accelerator):
             self._store_probe(s, h_BNC)
         score = self._importance(ctx, h_BNC, info)
         N = score.numel()
-        if c.mode == "ratio":
+        if c.mode == "ratio" and c.block > 0:
+            keep = select_stratified(score, s.thw, info["n_keep"], c.block)
+        elif c.mode == "ratio":
             keep = select_topk(score, info["n_keep"])
         else:
             keep = select_threshold(score, c.threshold, c.floor, c.cap)

@@ -517,3 +517,17 @@ def test_block_option_keeps_the_same_budget(tiny):
     assert any(a is not None and not torch.equal(a, b) for a, b in zip(spread.masks, plain.masks))
     with pytest.raises(ValueError, match="block"):
         make_accelerator("faststar", "balanced", block=-1)
+
+
+def test_mask_video_shows_the_last_scale_that_ran(tiny):
+    """balanced does not run the last scale: the overlay shows the selection of the scale before it."""
+    from faststar.accel.viz import pruned_maps
+    _, sched, _, _ = tiny
+    out = run(tiny, make_accelerator("faststar", "balanced"))
+    clip2 = [st.index for st in sched.steps if st.scale.clip == 2 and out.masks[st.index] is not None]
+    skipped, partial = clip2[-1], clip2[-2]                       # clip 2 is the last clip: its last scale skips
+    assert not out.masks[skipped].any() and out.masks[partial].any() and not out.masks[partial].all()
+    maps = pruned_maps(out.masks, sched, (12, 16))
+    kept = out.masks[partial][0].float()
+    want = 1.0 - torch.nn.functional.interpolate(kept[None, None], size=(12, 16), mode="nearest")[0, 0].numpy()
+    assert np.array_equal(maps[4], want)                          # latent frame 4 = clip 2's first frame

@@ -25,7 +25,8 @@ def pruned_maps(masks: list, schedule: Schedule, size: tuple[int, int], mode: st
     """Per latent frame: a float map [H, W] in [0, 1] of how pruned each pixel is (1 = pruned), or None when no
     step of that frame's clip pruned anything.
 
-    mode "last": the kept mask of the clip's last pruned step (usually the largest scale); "union": pruned
+    mode "last": the kept mask of the clip's last pruned step that ran some tokens (usually the largest such
+    scale); "union": pruned
     only where no pruned step kept the position; "mean": the fraction of the clip's pruned steps that pruned it.
     A skipped step counts as pruning everything.
     """
@@ -47,7 +48,10 @@ def pruned_maps(masks: list, schedule: Schedule, size: tuple[int, int], mode: st
                 up = F.interpolate(m[ti][None, None], size=size, mode="nearest")[0, 0]
                 layers.append(up)
             if mode == "last":
-                kept = layers[-1]
+                # the clip's last step that ran some tokens (a scale that did not run at all shows nothing of the
+                # selection); the last step when every pruned step of the clip was skipped
+                ran = [lay for st, lay in zip(steps, layers) if bool(masks[st.index].any())]
+                kept = ran[-1] if ran else layers[-1]
             elif mode == "union":
                 kept = torch.stack(layers).amax(0)
             else:

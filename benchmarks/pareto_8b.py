@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from faststar.accel import accelerator_from_record, flop_plan
+from faststar.eval import _family as eval_family
 from faststar.schedule import official_schedule
 
 BIG = 3000          # steps with fewer tokens are launch-bound: modelled by their dense time
@@ -29,8 +30,7 @@ BIG = 3000          # steps with fewer tokens are launch-bound: modelled by thei
 
 def plan_signature(acc, schedule) -> tuple:
     """(tokens run, guidance branches) of every step: what the time of a run depends on."""
-    fp = flop_plan(acc if acc is not None else "skip", None if acc is not None else "last1", schedule=schedule,
-                   **({} if acc is not None else dict(last_n=0)))
+    fp = flop_plan(acc if acc is not None else "dense", schedule=schedule)
     return tuple((r["tokens_run"], r["branches"]) for r in fp["steps"]), max(r["prune_layer"] for r in fp["steps"])
 
 
@@ -80,19 +80,14 @@ class LatencyModel:
 
 
 def family(method: str, acc: dict) -> str:
-    name = method.split(":")[0].split("+")[0]
-    if name in ("faststar", "random"):
-        upd = acc.get("update", "partial")
-        var = ""
-        if name == "faststar":
-            if acc.get("spatial") == "off":
-                var = " temporal only"
-            elif acc.get("temporal") == "off":
-                var = " spatial only"
-            elif acc.get("temporal") == "prev_clip":
-                var = " prev_clip"
-        return f"{name}{var} ({upd})"
-    return name
+    """The eval plot's family ("faststar (restore)", "skip", ...), with FastSTAR's score variant named."""
+    fam = eval_family(dict(method=method, accelerator=acc))
+    if fam.startswith("faststar ("):
+        var = ("temporal only" if acc.get("spatial") == "off" else "spatial only" if acc.get("temporal") == "off"
+               else "prev_clip" if acc.get("temporal") == "prev_clip" else None)
+        if var:
+            fam = fam.replace("faststar (", f"faststar {var} (", 1)
+    return fam
 
 
 def main(argv=None):
@@ -116,14 +111,15 @@ def main(argv=None):
             acc = accelerator_from_record(r.get("accelerator"))
             sig, prune_layer = plan_signature(acc, model.schedule)
             hit = by_sig.get(sig)
+            predicted = model.e2e_speedup(acc)
             if hit is not None and (prune_layer == 0 or hit["method"] == m):
                 sp = hit["speedup_end_to_end"]
                 how = "measured" if hit["method"] == m else f"same plan as {hit['method']}"
             else:
-                sp, how = model.e2e_speedup(acc), "predicted"
+                sp, how = predicted, "predicted"
             rows.append(dict(method=m, family=family(m, r.get("accelerator", {})), psnr=r["psnr"],
                              psnr_min=r["psnr_min"], ssim=r["ssim"], n=r["n"], testbed_flop_speedup=r["flop_speedup"],
-                             speedup_8b=sp, speed_source=how, predicted_8b=model.e2e_speedup(acc),
+                             speedup_8b=sp, speed_source=how, predicted_8b=predicted,
                              accelerator=r.get("accelerator"), eval=Path(path).stem, eval_device=res["device"],
                              seeds=res["seeds"]))
     rows.sort(key=lambda r: (r["family"], r["speedup_8b"]))

@@ -90,6 +90,18 @@ def set_lr(opt, lr):
         g["lr"] = lr
 
 
+def optimizer_step(opt, loss: torch.Tensor, params, what: str, step: int) -> tuple[float, float]:
+    """Backward, clip the gradient norm to 1, step; (loss value, gradient norm). A non-finite loss stops training."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gn = torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    lv = loss.item()
+    if not math.isfinite(lv):
+        raise FloatingPointError(f"{what} loss is {lv} at step {step}")
+    return lv, float(gn)
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB of two videos in [-1, 1] (clamped), as 8-bit-range images."""
     mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).pow(2).mean().item()
@@ -211,11 +223,7 @@ def vae_latent(vae: VideoVAE, mean: torch.Tensor, logvar: torch.Tensor | None = 
 
 def vae_decode(vae: VideoVAE, z_BCThw: torch.Tensor) -> torch.Tensor:
     """Pixels of a latent in one decoder pass (same result as the chunked ``VideoVAE.decode``)."""
-    z = vae._channel_linear(z_BCThw / vae.scale_learnable_parameters[0], vae.proj_up)
-    p = vae.cfg.patch_size
-    B, D, Tl, h, w = z.shape
-    s = F.pixel_shuffle(z.transpose(1, 2).reshape(B * Tl, D, h, w), p)
-    s = s.reshape(B, Tl, D // (p * p), h * p, w * p).transpose(1, 2)
+    s = vae.decoder_input(z_BCThw)
     vae.reset_caches()
     try:
         return vae.decoder(s, first_chunk=True)
@@ -340,16 +348,10 @@ def train_vae(args, spec: TrainSpec, frames: Frames, val: Frames | None, device,
                 y = vae_decode(vae, zin).float()
             rec = (y - x).abs().mean() + (y - x).pow(2).mean()
             loss = rec + args.kl_weight * kl + args.commit_weight * commit
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gn = torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
+            lv, gn = optimizer_step(opt, loss, params, "VAE", step)
             state["step"] += 1
             if phase == 2:
                 state["phase2_step"] += 1
-            lv = loss.item()
-            if not math.isfinite(lv):
-                raise FloatingPointError(f"VAE loss is {lv} at step {step}")
             losses.append(lv)
             if state["step"] % args.log_every == 0 or state["step"] == 1:
                 with torch.no_grad():
@@ -604,14 +606,8 @@ def train_gpt(args, spec: TrainSpec, data: GPTData, val: GPTData | None, device,
         set_lr(opt, lr_at(args.lr_gpt, step, args.warmup_gpt, budget.progress))
         with autocast(device):
             loss, tok_loss, tok_acc = gpt_forward(model, layout, vis, text, inp, bits, lens, mode, compiled)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        lv, gn = optimizer_step(opt, loss, model.parameters(), "transformer", step)
         state["step"] += 1
-        lv = loss.item()
-        if not math.isfinite(lv):
-            raise FloatingPointError(f"transformer loss is {lv} at step {step}")
         losses.append(lv)
         if state["step"] % args.log_every == 0 or state["step"] == 1:
             acc = packing.per_scale(tok_acc, layout)

@@ -525,6 +525,15 @@ class VideoVAE(nn.Module):
         return self._channel_linear(lat, self.proj_down) * self.scale_learnable_parameters[0]
 
     # ---- decoder side
+    def decoder_input(self, z_BCThw: torch.Tensor) -> torch.Tensor:
+        """Latent [B, 64, T', h, w] -> the decoder's input: unscaled, projected up, pixel-shuffled by the patch size
+        (differentiable; shared by ``decode`` and the testbed's training)."""
+        z = self._channel_linear(z_BCThw / self.scale_learnable_parameters[0], self.proj_up)
+        p = self.cfg.patch_size
+        B, D, Tl, h, w = z.shape
+        s = F.pixel_shuffle(z.transpose(1, 2).reshape(B * Tl, D, h, w), p)
+        return s.reshape(B, Tl, D // (p * p), h * p, w * p).transpose(1, 2)
+
     @torch.no_grad()
     def decode(self, z_BCThw: torch.Tensor, chunk_plan: list[int] | None = None) -> torch.Tensor:
         """z [B, 64, T', h, w] -> video [B, 3, 4(T'-1)+1, 16h, 16w] (not clamped), decoded chunk by chunk."""
@@ -533,11 +542,7 @@ class VideoVAE(nn.Module):
         plan = chunk_plan or decode_chunk_plan(Tl, self.cfg.decode_chunk)
         if sum(plan) != Tl:
             raise ValueError(f"decode chunk plan {plan} does not add up to {Tl} latent frames")
-        z = self._channel_linear(z_BCThw / self.scale_learnable_parameters[0], self.proj_up)
-        p = self.cfg.patch_size
-        B, D, _, h, w = z.shape
-        s = F.pixel_shuffle(z.transpose(1, 2).reshape(B * Tl, D, h, w), p)
-        s = s.reshape(B, Tl, D // (p * p), h * p, w * p).transpose(1, 2)
+        s = self.decoder_input(z_BCThw)
         self.reset_caches()
         outs, t0 = [], 0
         try:

@@ -446,6 +446,33 @@ def test_keep_ratio_zero_skips_the_scale_like_skip(tiny):
         make_accelerator("faststar", "balanced", keep_ratios=(-0.1, 1.0))
 
 
+def test_max_reps_drops_later_repetitions_of_prunable_scales(tiny):
+    """max_reps=1: only the first repetition of each prunable scale runs (the others are accounted as not run);
+    restore then fills from the repetition that ran; a step a later clip attends to always runs."""
+    model, sched, text, _ = tiny
+    acc = make_accelerator("faststar", "balanced", keep_ratios=(0.5, 1.0), update="restore", max_reps=1)
+    out = run(tiny, acc)
+    prunable = {sc.index for sc in sched.scales if sc.clip > 0 and acc.keep_ratio(sched, sched.steps[sc.first_step])
+                is not None}
+    for r, st in zip(out.stats, sched.steps):
+        dropped = st.scale.index in prunable and st.rep >= 1
+        assert (r["tokens_run"] == 0) == dropped, (st, r["tokens_run"])
+    assert sum(st.scale.index in prunable and st.rep >= 1 for st in sched.steps) >= 2     # one per video clip
+    assert not any(r.get("restore_fallback") for r in out.stats)
+    fp = flop_plan(acc, schedule=sched, model_cfg=model.cfg, text_len=7)
+    assert fp["total"] == pytest.approx(sum(r["flops"] for r in out.stats) + fp["text"], rel=1e-9)
+    assert torch.equal(run(tiny, make_accelerator("faststar", "balanced", keep_ratios=(0.5, 1.0), update="restore",
+                                                  max_reps=1)).latent, out.latent)        # same seed, same video
+    # the referenced step of a 2-repetition last scale keeps both repetitions; the last clip's drops one
+    sched2 = build_schedule([(1, 1), (2, 2), (3, 4), (4, 6), (6, 8)], [1, 3, 3], image_reps=[1] * 5,
+                            video_reps=[1, 1, 1, 1, 2], semantic_scales=3, name="accel-tiny-reps")
+    acc2 = make_accelerator("faststar", "balanced", keep_ratios=(1.0, 1.0), max_reps=1, last_k=1)
+    ran = [acc2.budget(sched2, st).run for st in sched2.steps if st.scale.index_in_clip == 4]
+    assert ran == [True, True, True, True, False]    # clip 0 (1 rep, not prunable), 1 (2, referenced), 2 (2)
+    with pytest.raises(ValueError, match="max_reps"):
+        make_accelerator("faststar", "balanced", max_reps=-1)
+
+
 def test_mean_update_gives_pruned_positions_the_expected_code(tiny):
     from faststar.sampling import GuidanceConfig, expected_codes, guide
     model, sched, _, dense = tiny

@@ -337,6 +337,7 @@ class FastSTARConfig:
     dense_ref_steps: bool = False
     single_branch_last: int = 0
     block: int = 0
+    max_reps: int = 0
     seed_offset: int = 0
 
     def __post_init__(self):
@@ -357,6 +358,8 @@ class FastSTARConfig:
             raise ValueError(f"single_branch_last must be >= 0, got {self.single_branch_last}")
         if self.block < 0:
             raise ValueError(f"block must be >= 0 (0 = plain top-k), got {self.block}")
+        if self.max_reps < 0:
+            raise ValueError(f"max_reps must be >= 0 (0 = every repetition), got {self.max_reps}")
 
 
 class FastSTAR(Accelerator):
@@ -429,8 +432,20 @@ class FastSTAR(Accelerator):
     def _uses_probe(self) -> bool:
         return self.cfg.spatial == "hidden"
 
+    def _runs_reps(self, schedule: Schedule, scale: Scale) -> int:
+        """How many repetitions of ``scale`` run (``max_reps`` on prunable scales; a referenced step always runs)."""
+        r = self.cfg.max_reps
+        if r <= 0 or r >= scale.reps or self.keep_ratio(schedule, schedule.steps[scale.first_step]) is None:
+            return scale.reps
+        if any(schedule.is_ref_step(schedule.steps[scale.first_step + i]) for i in range(r, scale.reps)):
+            return scale.reps
+        return r
+
     def _skipped(self, schedule: Schedule, step: Step) -> bool:
-        """Keep ratio 0: the step does not run at all (zero codes everywhere: Partial Update with nothing kept)."""
+        """Keep ratio 0, or a repetition beyond ``max_reps``: the step does not run at all (zero codes everywhere:
+        Partial Update with nothing kept)."""
+        if step.rep >= self._runs_reps(schedule, step.scale):
+            return True
         return self.cfg.mode == "ratio" and self.keep_ratio(schedule, step) == 0.0
 
     def budget(self, schedule: Schedule, step: Step) -> StepBudget:
@@ -544,7 +559,7 @@ class FastSTAR(Accelerator):
         if self.cfg.update not in ("restore", "mean"):
             return
         st = ctx.step
-        if not st.last_rep or not self._next_scale_pruned(ctx.schedule, st):
+        if st.rep != self._runs_reps(ctx.schedule, st.scale) - 1 or not self._next_scale_pruned(ctx.schedule, st):
             return
         h = out.hidden
         if h is not None and h.shape[1] == st.scale.num_tokens:

@@ -1,12 +1,13 @@
 """Quality on the testbed against speed at 8B: one table and one Pareto plot per method family.
 
     python benchmarks/pareto_8b.py --eval benchmarks/results/testbed_sweep2.json [--eval more.json ...] \
-        --bench benchmarks/results/grid_720p.json --out benchmarks/results/pareto_8b
+        --bench benchmarks/results/grid_720p.json [--bench more.json ...] --out benchmarks/results/pareto_8b
 
 Quality (PSNR / SSIM against dense of the same seed) comes from `faststar eval` runs on the testbed; speed is the
 end-to-end speedup (transformer + VAE decode) of the same configuration at 8B / 720p 5 s from `faststar bench`.
 Each configuration's speed is, in this order of preference:
-  measured  - the configuration itself was timed in the bench run;
+  measured  - the configuration itself was timed in a bench run (the first --bench that timed it; each run's
+              speedup is against its own dense run);
   same plan - another timed configuration runs exactly the same steps with the same token counts and guidance
               branches (a scoring variant, the random control at the same ratios): its time is used;
   predicted - a per-step latency model fitted on the bench run's own steps (t = a + b n + c n (n + ctx), per
@@ -90,17 +91,38 @@ def family(method: str, acc: dict) -> str:
     return fam
 
 
+def knobs(acc: dict | None) -> str:
+    """The resolved knobs that decide a pruning plan, compactly (method strings name presets as they were then)."""
+    if not acc or "keep_ratios" not in acc:
+        return ""
+    kr = acc["keep_ratios"]
+    parts = ["keep " + ("/".join(f"{x:g}" for x in kr) if isinstance(kr, (list, tuple)) else f"{kr:g}")]
+    if acc.get("last_k") is not None:
+        parts.append(f"last {acc['last_k']}")
+    if acc.get("max_reps"):
+        parts.append(f"reps {acc['max_reps']}")
+    if acc.get("single_branch_last"):
+        parts.append(f"1-branch {acc['single_branch_last']}")
+    return ", ".join(parts)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--eval", action="append", required=True, help="faststar eval results.json (repeatable)")
-    ap.add_argument("--bench", required=True, help="faststar bench JSON with a dense run")
+    ap.add_argument("--bench", action="append", required=True,
+                    help="faststar bench JSON with a dense run (repeatable; the latency model is fitted on all their "
+                         "runs, with the first file's dense step times)")
     ap.add_argument("--res", default="720p")
     ap.add_argument("--out", required=True, help="output stem: writes <out>.md, <out>.png, <out>.json")
     a = ap.parse_args(argv)
-    bench = json.loads(Path(a.bench).read_text())
-    model = LatencyModel(bench, a.res)
-    timed = [r for r in bench["runs"] if r["resolution"] == a.res]
-    by_sig = {bench_signature(r): r for r in timed}
+    benches = [json.loads(Path(b).read_text()) for b in a.bench]
+    pooled = dict(benches[0], runs=benches[0]["runs"] + [r for b in benches[1:] for r in b["runs"]
+                                                         if r["method"] != "dense"])
+    model = LatencyModel(pooled, a.res)
+    by_sig = {}
+    for r in pooled["runs"]:
+        if r["resolution"] == a.res:
+            by_sig.setdefault(bench_signature(r), r)
     rows = []
     floors = []
     for path in a.eval:
@@ -128,10 +150,11 @@ def main(argv=None):
     out.with_suffix(".json").write_text(json.dumps(dict(bench=a.bench, evals=a.eval, noise_floor=floors,
                                                         latency_model=list(map(float, model.coef)), rows=rows),
                                                    indent=1))
-    lines = ["| family | configuration | testbed PSNR dB | min | SSIM | videos | eval run | 8B e2e speedup | speed from |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| family | configuration (as run) | knobs | testbed PSNR dB | min | SSIM | videos | eval run | 8B e2e "
+             "speedup | speed from |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['family']} | `{r['method']}` | {r['psnr']:.2f} | {r['psnr_min']:.2f} | {r['ssim']:.3f} | "
+        lines.append(f"| {r['family']} | `{r['method']}` | {knobs(r['accelerator'])} | {r['psnr']:.2f} | {r['psnr_min']:.2f} | {r['ssim']:.3f} | "
                      f"{r['n']} | {r['eval']} ({r['eval_device']}) | {r['speedup_8b']:.2f}x | {r['speed_source']} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     import matplotlib

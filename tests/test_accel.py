@@ -514,6 +514,36 @@ def test_expected_codes_minimise_squared_error():
     torch.testing.assert_close(err_sample, 2 * err_mean, rtol=0.03, atol=0)
 
 
+def test_anchored_selection_mixes_random_context_with_top_scores():
+    from faststar.accel.faststar import select_anchored
+    score = torch.arange(100.0)                                   # token i scores i: top-k = the highest indices
+    g = lambda: own_generator(5, 7, salt=2)                       # noqa: E731
+    assert torch.equal(select_anchored(score, 20, 0.0, g()), select_topk(score, 20))
+    rand20 = torch.sort(torch.randperm(100, generator=g())[:20]).values
+    assert torch.equal(select_anchored(score, 20, 1.0, g()), rand20)
+    keep = select_anchored(score, 20, 0.5, g())
+    anchors = set(torch.randperm(100, generator=g())[:10].tolist())
+    assert keep.numel() == 20 and torch.equal(keep, torch.sort(keep).values) and anchors <= set(keep.tolist())
+    rest = sorted(set(keep.tolist()) - anchors)
+    others = sorted(set(range(100)) - anchors)
+    assert rest == others[-len(rest):]                            # the rest: the best of the non-anchors
+    with pytest.raises(ValueError, match="anchors"):
+        make_accelerator("faststar", "balanced", anchors=1.5)
+    with pytest.raises(ValueError, match="set one of them"):
+        make_accelerator("faststar", "balanced", anchors=0.5, block=4)
+
+
+def test_anchored_pruning_runs_the_planned_tokens_reproducibly(tiny):
+    acc = lambda: make_accelerator("faststar", "balanced", keep_ratios=(0.3, 0.6), update="restore",  # noqa: E731
+                                   anchors=0.5)
+    a, b = run(tiny, acc()), run(tiny, acc())
+    assert torch.equal(a.latent, b.latent)
+    fp = flop_plan(acc(), schedule=tiny[1], model_cfg=tiny[0].cfg, text_len=7)
+    assert [r["tokens_run"] for r in a.stats] == [r["tokens_run"] for r in fp["steps"]]
+    assert not torch.equal(a.latent, run(tiny, make_accelerator("faststar", "balanced", keep_ratios=(0.3, 0.6),
+                                                                update="restore")).latent)
+
+
 def test_stratified_selection_spreads_kept_tokens_over_tiles():
     from faststar.accel.faststar import select_stratified
     t, h, w, b = 2, 8, 12, 4

@@ -2,9 +2,9 @@
 
 Two halves, tomesd style:
 - Pure scoring functions at module level (``channel_cosine``, ``scale_views``, ``spatial_similarity``,
-  ``temporal_similarity``, ``normalize``, ``importance``, ``select_topk``, ``select_threshold``, ``keep_count``,
-  ``resize_tokens``). They take tensors and know nothing about the loop, so they are unit tested on constructed
-  canvases.
+  ``temporal_similarity``, ``normalize``, ``importance``, ``select_topk``, ``select_threshold``,
+  ``select_stratified``, ``select_anchored``, ``keep_count``, ``resize_tokens``). They take tensors and know nothing
+  about the loop, so they are unit tested on constructed canvases.
 - ``FastSTAR(Accelerator)``: turns a ``FastSTARConfig`` into per-step plans. Which steps are prunable and how many
   tokens they keep is a pure function of the schedule (``budget``), shared with the FLOP prediction.
 
@@ -129,6 +129,17 @@ def importance(s_sp: torch.Tensor | None, s_tm: torch.Tensor | None, w_sp: float
         t = w * normalize(1.0 - s.float(), norm)
         out = t if out is None else out + t
     return out
+
+
+def select_anchored(score_N: torch.Tensor, n_keep: int, share: float, generator: torch.Generator) -> torch.Tensor:
+    """n_keep indices: ``round(share * n_keep)`` of them uniformly at random (context spread over the whole step,
+    whatever the score), the rest the highest-scoring of the others. Sorted ascending."""
+    N = score_N.numel()
+    n_a = min(n_keep, int(round(share * n_keep)))
+    s = score_N.detach().float().cpu().clone()
+    if n_a > 0:
+        s[torch.randperm(N, generator=generator)[:n_a]] = float("inf")
+    return select_topk(s, n_keep).to(score_N.device)
 
 
 def keep_count(ratio: float, n: int) -> int:
@@ -337,6 +348,7 @@ class FastSTARConfig:
     dense_ref_steps: bool = False
     single_branch_last: int = 0
     block: int = 0
+    anchors: float = 0.0
     max_reps: int = 0
     seed_offset: int = 0
 
@@ -358,6 +370,10 @@ class FastSTARConfig:
             raise ValueError(f"single_branch_last must be >= 0, got {self.single_branch_last}")
         if self.block < 0:
             raise ValueError(f"block must be >= 0 (0 = plain top-k), got {self.block}")
+        if not 0.0 <= self.anchors <= 1.0:
+            raise ValueError(f"anchors must be in [0, 1] (share of kept tokens drawn at random), got {self.anchors}")
+        if self.anchors > 0 and self.block > 0:
+            raise ValueError("anchors and block are two ways to spread the kept tokens: set one of them")
         if self.max_reps < 0:
             raise ValueError(f"max_reps must be >= 0 (0 = every repetition), got {self.max_reps}")
 
@@ -527,6 +543,8 @@ class FastSTAR(Accelerator):
         N = score.numel()
         if c.mode == "ratio" and c.block > 0:
             keep = select_stratified(score, s.thw, info["n_keep"], c.block)
+        elif c.mode == "ratio" and c.anchors > 0:
+            keep = select_anchored(score, info["n_keep"], c.anchors, own_generator(ctx.seed, ctx.step.index, salt=2))
         elif c.mode == "ratio":
             keep = select_topk(score, info["n_keep"])
         else:

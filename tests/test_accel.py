@@ -533,6 +533,16 @@ def test_anchored_selection_mixes_random_context_with_top_scores():
         make_accelerator("faststar", "balanced", anchors=0.5, block=4)
 
 
+def test_a_single_keep_ratio_or_anchor_share_applies_to_every_prunable_scale():
+    sched = official_schedule("720p", 5)
+    acc = make_accelerator("faststar", "balanced", keep_ratios=0.5, last_k=3, anchors=(0.0, 1.0))
+    video = [st for st in sched.steps if st.scale.clip == 1]
+    assert [acc.keep_ratio(sched, st) for st in video][-5:] == [None, 0.5, 0.5, 0.5, 0.5]   # 24x43 has 2 reps
+    from faststar.accel.faststar import per_scale
+    assert [per_scale(acc.cfg.anchors, j, 0.0) for j in range(3)] == [0.0, 1.0, 0.0]
+    assert per_scale(0.3, 5, 1.0) == 0.3 and per_scale((0.2,), 1, 1.0) == 1.0
+
+
 def test_anchored_pruning_runs_the_planned_tokens_reproducibly(tiny):
     acc = lambda: make_accelerator("faststar", "balanced", keep_ratios=(0.3, 0.6), update="restore",  # noqa: E731
                                    anchors=0.5)

@@ -285,8 +285,23 @@ def _ratios(v) -> tuple[float, ...]:
     return tuple(float(x) for x in v)
 
 
-def _check_ratios(name: str, ratios: tuple[float, ...]) -> None:
-    for r in ratios:
+def _knob(v) -> float | tuple[float, ...]:
+    """A per-scale knob as given: one float (every scale) or a tuple of floats (per scale from the last)."""
+    if isinstance(v, (int, float)):
+        return float(v)
+    return tuple(float(x) for x in v)
+
+
+def per_scale(value: float | tuple[float, ...], j: int, default: float) -> float:
+    """A per-scale knob at position ``j`` from the clip's last scale: a float applies to every scale, a tuple lists
+    (last, second last, ...) and ``default`` holds beyond it."""
+    if isinstance(value, float):
+        return value
+    return value[j] if j < len(value) else default
+
+
+def _check_ratios(name: str, ratios: tuple[float, ...] | float) -> None:
+    for r in (ratios,) if isinstance(ratios, float) else ratios:
         if not 0.0 <= r <= 1.0:
             raise ValueError(f"{name} must hold keep ratios in [0, 1] (0 = the scale does not run), got {ratios}")
 
@@ -348,13 +363,14 @@ class FastSTARConfig:
     dense_ref_steps: bool = False
     single_branch_last: int = 0
     block: int = 0
-    anchors: float = 0.0
+    anchors: tuple[float, ...] | float = 0.0
     max_reps: int = 0
     seed_offset: int = 0
 
     def __post_init__(self):
-        self.keep_ratios = _ratios(self.keep_ratios)
+        self.keep_ratios = _knob(self.keep_ratios)
         _check_ratios("keep_ratios", self.keep_ratios)
+        self.anchors = _knob(self.anchors)
         for name, val, ok in (("mode", self.mode, SELECT_MODES), ("spatial", self.spatial, SPATIAL_MODES),
                               ("temporal", self.temporal, TEMPORAL_MODES), ("norm", self.norm, NORMS),
                               ("update", self.update, UPDATES)):
@@ -370,9 +386,10 @@ class FastSTARConfig:
             raise ValueError(f"single_branch_last must be >= 0, got {self.single_branch_last}")
         if self.block < 0:
             raise ValueError(f"block must be >= 0 (0 = plain top-k), got {self.block}")
-        if not 0.0 <= self.anchors <= 1.0:
+        shares = (self.anchors,) if isinstance(self.anchors, float) else self.anchors
+        if not all(0.0 <= a <= 1.0 for a in shares):
             raise ValueError(f"anchors must be in [0, 1] (share of kept tokens drawn at random), got {self.anchors}")
-        if self.anchors > 0 and self.block > 0:
+        if any(a > 0 for a in shares) and self.block > 0:
             raise ValueError("anchors and block are two ways to spread the kept tokens: set one of them")
         if self.max_reps < 0:
             raise ValueError(f"max_reps must be >= 0 (0 = every repetition), got {self.max_reps}")
@@ -427,7 +444,7 @@ class FastSTAR(Accelerator):
             return None
         if c.mode == "threshold":
             return c.cap
-        return c.keep_ratios[j] if j < len(c.keep_ratios) else 1.0
+        return per_scale(c.keep_ratios, j, 1.0)
 
     def _scored(self, clip: int) -> bool:
         """Whether a score exists on this clip (clip 0 has no temporal term)."""
@@ -543,8 +560,9 @@ class FastSTAR(Accelerator):
         N = score.numel()
         if c.mode == "ratio" and c.block > 0:
             keep = select_stratified(score, s.thw, info["n_keep"], c.block)
-        elif c.mode == "ratio" and c.anchors > 0:
-            keep = select_anchored(score, info["n_keep"], c.anchors, own_generator(ctx.seed, ctx.step.index, salt=2))
+        elif c.mode == "ratio" and per_scale(c.anchors, position_from_end(ctx.schedule, s), 0.0) > 0:
+            share = per_scale(c.anchors, position_from_end(ctx.schedule, s), 0.0)
+            keep = select_anchored(score, info["n_keep"], share, own_generator(ctx.seed, ctx.step.index, salt=2))
         elif c.mode == "ratio":
             keep = select_topk(score, info["n_keep"])
         else:

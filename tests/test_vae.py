@@ -191,3 +191,17 @@ def test_config_validation():
         VAEConfig(block_out_channels=(8, 16, 16, 16, 16), embed_dim=32)
     cfg = vae_config("infinitystar")
     assert cfg.spatial_stride == 16 and cfg.temporal_stride == 4 and cfg.encode_chunk == 8 and cfg.decode_chunk == 2
+
+
+def test_conv3d_cpu_path_matches_the_module():
+    """The VAE's conv3d helper (oneDNN called directly for fp32 CPU inference) gives nn.Conv3d's values."""
+    from faststar.vae.model import conv3d
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(8, 16, 3, padding=(0, 1, 1))
+    x = torch.randn(1, 8, 5, 12, 20)                       # N*C*T*H = 480: PyTorch would pick its im2col path
+    with torch.no_grad():
+        torch.testing.assert_close(conv3d(conv, x), conv(x), rtol=1e-5, atol=1e-5)
+        one = torch.nn.Conv3d(8, 4, 1)
+        torch.testing.assert_close(conv3d(one, x), one(x), rtol=1e-5, atol=1e-5)
+    y = conv3d(conv, x)                                     # with autograd: the module itself, differentiable
+    assert y.requires_grad and torch.equal(y, conv(x))

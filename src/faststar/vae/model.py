@@ -129,6 +129,21 @@ class RMSNorm(nn.Module):
         return rms_normalize(x_BCTHW, self.gamma)
 
 
+_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.aten, "mkldnn_convolution")
+
+
+def conv3d(conv: nn.Conv3d, x_BCTHW: torch.Tensor) -> torch.Tensor:
+    """``conv(x)``; for fp32 inference on the CPU it calls oneDNN directly. PyTorch's CPU dispatch sends 5-D inputs
+    with N*C*T*H <= 20480 (a rule made for 4-D) to its im2col path, about 5x slower at the decoder's middle sizes on
+    a 2-core machine; oneDNN gives the same values to float rounding."""
+    if (_ONEDNN and x_BCTHW.device.type == "cpu" and x_BCTHW.dtype == torch.float32 and not torch.is_grad_enabled()
+            and conv.weight.dtype == torch.float32 and conv.padding_mode == "zeros"):
+        return torch.ops.aten.mkldnn_convolution(x_BCTHW.contiguous(), conv.weight.contiguous(), conv.bias,
+                                                 list(conv.padding), list(conv.stride), list(conv.dilation),
+                                                 conv.groups)
+    return conv(x_BCTHW)
+
+
 class CausalConv3d(nn.Module):
     """3-D conv, causal in time: the past is the previous chunk's last frames, or copies of the first frame.
 
@@ -147,13 +162,13 @@ class CausalConv3d(nn.Module):
 
     def forward(self, x_BCTHW: torch.Tensor) -> torch.Tensor:
         if self.time_pad == 0:
-            return self.conv(x_BCTHW)
+            return conv3d(self.conv, x_BCTHW)
         past = self.cache
         if past is None:
             past = x_BCTHW[:, :, :1].expand(-1, -1, self.time_pad, -1, -1)
         x = torch.cat([past, x_BCTHW], dim=2)
         self.cache = x[:, :, -self.time_pad:].detach().clone()
-        return self.conv(x)
+        return conv3d(self.conv, x)
 
 
 class SpatialNorm(nn.Module):

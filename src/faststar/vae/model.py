@@ -184,16 +184,22 @@ class SpatialNorm(nn.Module):
         self.conv_y = CausalConv3d(zq_channels, channels, kernel=1)
         self.conv_b = CausalConv3d(zq_channels, channels, kernel=1)
 
-    def forward(self, f_BCTHW: torch.Tensor, s_BCThw: torch.Tensor, first_chunk: bool) -> torch.Tensor:
-        T, H, W = f_BCTHW.shape[-3:]
+    @staticmethod
+    def _resize(s_BCThw: torch.Tensor, thw: tuple[int, int, int], first_chunk: bool) -> torch.Tensor:
+        T, H, W = thw
         if tuple(s_BCThw.shape[-3:]) == (T, H, W):
-            s = s_BCThw
-        elif first_chunk and T > 1:
-            s = torch.cat([F.interpolate(s_BCThw[:, :, :1], size=(1, H, W), mode="nearest"),
-                           F.interpolate(s_BCThw[:, :, 1:], size=(T - 1, H, W), mode="nearest")], dim=2)
-        else:
-            s = F.interpolate(s_BCThw, size=(T, H, W), mode="nearest")
-        return self.norm_layer(f_BCTHW) * self.conv_y(s) + self.conv_b(s)
+            return s_BCThw
+        if first_chunk and T > 1:
+            return torch.cat([F.interpolate(s_BCThw[:, :, :1], size=(1, H, W), mode="nearest"),
+                              F.interpolate(s_BCThw[:, :, 1:], size=(T - 1, H, W), mode="nearest")], dim=2)
+        return F.interpolate(s_BCThw, size=(T, H, W), mode="nearest")
+
+    def forward(self, f_BCTHW: torch.Tensor, s_BCThw: torch.Tensor, first_chunk: bool) -> torch.Tensor:
+        # conv_y / conv_b are 1x1x1: they commute with nearest resizing, so they run at the latent's size
+        thw = tuple(f_BCTHW.shape[-3:])
+        y = self._resize(self.conv_y(s_BCThw), thw, first_chunk)
+        b = self._resize(self.conv_b(s_BCThw), thw, first_chunk)
+        return torch.addcmul(b, self.norm_layer(f_BCTHW), y)
 
 
 class ResBlock(nn.Module):

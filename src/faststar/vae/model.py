@@ -115,7 +115,7 @@ def vae_config(name: str = "infinitystar", **overrides) -> VAEConfig:
 def rms_normalize(x_BCTHW: torch.Tensor, gamma_C111: torch.Tensor) -> torch.Tensor:
     """x / max(||x||_2 over channels, 1e-12) * sqrt(C) * gamma (no eps inside the norm)."""
     C = x_BCTHW.shape[1]
-    return F.normalize(x_BCTHW, dim=1) * (C ** 0.5) * gamma_C111
+    return F.normalize(x_BCTHW, dim=1) * (gamma_C111 * C ** 0.5)      # one full-size multiply
 
 
 class RMSNorm(nn.Module):

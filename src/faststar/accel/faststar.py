@@ -558,10 +558,10 @@ class FastSTAR(Accelerator):
             self._store_probe(s, h_BNC)
         score = self._importance(ctx, h_BNC, info)
         N = score.numel()
+        share = per_scale(c.anchors, position_from_end(ctx.schedule, s), 0.0)
         if c.mode == "ratio" and c.block > 0:
             keep = select_stratified(score, s.thw, info["n_keep"], c.block)
-        elif c.mode == "ratio" and per_scale(c.anchors, position_from_end(ctx.schedule, s), 0.0) > 0:
-            share = per_scale(c.anchors, position_from_end(ctx.schedule, s), 0.0)
+        elif c.mode == "ratio" and share > 0:
             keep = select_anchored(score, info["n_keep"], share, own_generator(ctx.seed, ctx.step.index, salt=2))
         elif c.mode == "ratio":
             keep = select_topk(score, info["n_keep"])

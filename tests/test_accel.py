@@ -598,3 +598,19 @@ def test_mask_video_shows_the_last_scale_that_ran(tiny):
     kept = out.masks[partial][0].float()
     want = 1.0 - torch.nn.functional.interpolate(kept[None, None], size=(12, 16), mode="nearest")[0, 0].numpy()
     assert np.array_equal(maps[4], want)                          # latent frame 4 = clip 2's first frame
+
+
+def test_spec_from_record_rebuilds_every_preset_exactly():
+    """A results file's record -> a method string that rebuilds the same knobs today (preset names may change)."""
+    from faststar.accel import accelerator_from_spec, spec_from_record
+    for method, table in PRESETS.items():
+        for preset in table:
+            rec = make_accelerator(method, preset).describe()
+            again = accelerator_from_spec(spec_from_record(rec)).describe()
+            rec.pop("preset"), again.pop("preset")
+            assert again == rec, (method, preset, spec_from_record(rec))
+    old = make_accelerator("faststar", "quality", keep_ratios=(0.5,)).describe()     # a 1-ratio tuple stays one
+    del old["max_reps"], old["anchors"]                                             # a record from before those knobs
+    acc = accelerator_from_spec(spec_from_record(old))
+    assert acc.cfg.keep_ratios == (0.5,) and acc.cfg.max_reps == 0 and acc.cfg.anchors == 0.0
+    assert spec_from_record(None) == "dense" and accelerator_from_spec(spec_from_record({"method": "dense"})) is None

@@ -176,7 +176,7 @@ def run_bench(resolutions=("720p", "480p"), duration: int = 5, methods=("dense",
             seen |= kinds
             r = time_one(model, schedule, text, seed=seed, accelerator=acc, vae=vae)
             r.update(resolution=res_name, duration=duration, method=m, flop_model_total=fl["total"],
-                     own_warmup=warmed)
+                     own_warmup=warmed, accelerator=acc.describe() if acc is not None else None)
             if name == "dense" and dense_time is None:
                 dense_time = r
             if dense_time is not None:

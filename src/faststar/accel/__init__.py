@@ -37,8 +37,8 @@ def _parse_value(v: str):
         return v.lower() == "true"
     if v.lower() == "none":
         return None
-    if "/" in v:                                   # a tuple of ratios: 0.3/0.55/0.8
-        return tuple(float(x) for x in v.split("/"))
+    if "/" in v:                                   # a tuple of ratios: 0.3/0.55/0.8 (one ratio: 0.3/)
+        return tuple(float(x) for x in v.split("/") if x)
     for conv in (int, float):
         try:
             return conv(v)
@@ -110,6 +110,33 @@ def accelerator_from_record(record: dict | None) -> Accelerator | None:
     acc = make_accelerator(name, None, **knobs)
     acc.preset = record.get("preset")
     return acc
+
+
+def _format_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "none"
+    if isinstance(v, (list, tuple)):
+        return "/".join(repr(float(x)) for x in v) + ("/" if len(v) == 1 else "")
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def spec_from_record(record: dict | None) -> str:
+    """The method string that rebuilds a ``describe()`` record exactly today (``method+knob=value...``, the knobs
+    that differ from the method's default preset), whatever the preset names meant when the record was written.
+    Knobs a record lacks (added later) take the config class's defaults."""
+    if not record or record.get("method") in (None, "dense"):
+        return "dense"
+    name = record["method"]
+    cls = METHODS[name]
+    target = {f.name: getattr(cls.config_class(), f.name) for f in fields(cls.config_class)}
+    target.update({k: tuple(v) if isinstance(v, list) else v for k, v in record.items()
+                   if k not in ("method", "preset")})
+    base = {k: v for k, v in make_accelerator(name).describe().items() if k not in ("method", "preset")}
+    norm = (lambda v: tuple(v) if isinstance(v, (list, tuple)) else v)  # noqa: E731
+    knobs = [f"{k}={_format_value(target[k])}" for k in target if norm(target[k]) != norm(base.get(k))]
+    return "+".join([name, *knobs])
 
 
 def apply(pipe, method: str | Accelerator, preset: str | None = None, **overrides):

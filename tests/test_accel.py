@@ -614,3 +614,17 @@ def test_spec_from_record_rebuilds_every_preset_exactly():
     acc = accelerator_from_spec(spec_from_record(old))
     assert acc.cfg.keep_ratios == (0.5,) and acc.cfg.max_reps == 0 and acc.cfg.anchors == 0.0
     assert spec_from_record(None) == "dense" and accelerator_from_spec(spec_from_record({"method": "dense"})) is None
+
+
+def test_benchmark_method_lists_still_resolve():
+    """benchmarks/methods/*.txt (the exact method lists behind RESULTS.md) must keep parsing as presets change."""
+    from pathlib import Path
+
+    from faststar.accel import accelerator_from_spec
+    files = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "methods").glob("*.txt"))
+    assert files
+    for f in files:
+        lines = [ln.strip() for ln in f.read_text().splitlines() if ln.strip()]
+        assert lines, f
+        for ln in lines:
+            accelerator_from_spec(ln)

@@ -53,7 +53,7 @@ def measure(frames, spec, dev, length, batch, crop, cl, bf16, seconds):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
             m, lv = T.vae_posterior(vae, x)
             y = T.vae_decode(vae, T.vae_latent(vae, m.float(), lv.float())).float()
-        loss = (y - x).abs().mean() + (y - x).pow(2).mean()
+        loss = T.reconstruction_loss(y, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

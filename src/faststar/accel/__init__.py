@@ -100,14 +100,18 @@ def make_accelerator(method: str | Accelerator, preset: str | None = None, **ove
     return acc
 
 
+def _record_knobs(record: dict) -> dict:
+    """The knobs of a ``describe()`` record (JSON lists back to tuples)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in record.items() if k not in ("method", "preset")}
+
+
 def accelerator_from_record(record: dict | None) -> Accelerator | None:
     """Rebuild an accelerator from its ``describe()`` record (what results files store), independent of what the
     preset names mean today. None or a dense record gives None."""
     if not record or record.get("method") in (None, "dense"):
         return None
     name = record["method"]
-    knobs = {k: tuple(v) if isinstance(v, list) else v for k, v in record.items() if k not in ("method", "preset")}
-    acc = make_accelerator(name, None, **knobs)
+    acc = make_accelerator(name, None, **_record_knobs(record))
     acc.preset = record.get("preset")
     return acc
 
@@ -131,11 +135,9 @@ def spec_from_record(record: dict | None) -> str:
     name = record["method"]
     cls = METHODS[name]
     target = {f.name: getattr(cls.config_class(), f.name) for f in fields(cls.config_class)}
-    target.update({k: tuple(v) if isinstance(v, list) else v for k, v in record.items()
-                   if k not in ("method", "preset")})
-    base = {k: v for k, v in make_accelerator(name).describe().items() if k not in ("method", "preset")}
-    norm = (lambda v: tuple(v) if isinstance(v, (list, tuple)) else v)  # noqa: E731
-    knobs = [f"{k}={_format_value(target[k])}" for k in target if norm(target[k]) != norm(base.get(k))]
+    target.update(_record_knobs(record))
+    base = _record_knobs(make_accelerator(name).describe())
+    knobs = [f"{k}={_format_value(v)}" for k, v in target.items() if v != base.get(k)]
     return "+".join([name, *knobs])
 
 

@@ -279,17 +279,21 @@ def own_generator(seed: int, step: int, salt: int = 0) -> torch.Generator:
     return g
 
 
-def _ratios(v) -> tuple[float, ...]:
-    if isinstance(v, (int, float)):
-        return (float(v),)
-    return tuple(float(x) for x in v)
-
-
 def _knob(v) -> float | tuple[float, ...]:
     """A per-scale knob as given: one float (every scale) or a tuple of floats (per scale from the last)."""
     if isinstance(v, (int, float)):
         return float(v)
     return tuple(float(x) for x in v)
+
+
+def _values(v: float | tuple[float, ...]) -> tuple[float, ...]:
+    """The values of a per-scale knob, as a tuple."""
+    return (v,) if isinstance(v, float) else v
+
+
+def _ratios(v) -> tuple[float, ...]:
+    """Keep ratios listed per scale from the last (a single number: the last scale only)."""
+    return _values(_knob(v))
 
 
 def per_scale(value: float | tuple[float, ...], j: int, default: float) -> float:
@@ -301,7 +305,7 @@ def per_scale(value: float | tuple[float, ...], j: int, default: float) -> float
 
 
 def _check_ratios(name: str, ratios: tuple[float, ...] | float) -> None:
-    for r in (ratios,) if isinstance(ratios, float) else ratios:
+    for r in _values(ratios):
         if not 0.0 <= r <= 1.0:
             raise ValueError(f"{name} must hold keep ratios in [0, 1] (0 = the scale does not run), got {ratios}")
 
@@ -386,7 +390,7 @@ class FastSTARConfig:
             raise ValueError(f"single_branch_last must be >= 0, got {self.single_branch_last}")
         if self.block < 0:
             raise ValueError(f"block must be >= 0 (0 = plain top-k), got {self.block}")
-        shares = (self.anchors,) if isinstance(self.anchors, float) else self.anchors
+        shares = _values(self.anchors)
         if not all(0.0 <= a <= 1.0 for a in shares):
             raise ValueError(f"anchors must be in [0, 1] (share of kept tokens drawn at random), got {self.anchors}")
         if any(a > 0 for a in shares) and self.block > 0:

@@ -102,6 +102,11 @@ def optimizer_step(opt, loss: torch.Tensor, params, what: str, step: int) -> tup
     return lv, float(gn)
 
 
+def reconstruction_loss(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The VAE's reconstruction objective: L1 + MSE."""
+    return (y - x).abs().mean() + (y - x).pow(2).mean()
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB of two videos in [-1, 1] (clamped), as 8-bit-range images."""
     mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).pow(2).mean().item()
@@ -346,7 +351,7 @@ def train_vae(args, spec: TrainSpec, frames: Frames, val: Frames | None, device,
                     commit = (z - zq).pow(2).mean()
                     kl = torch.zeros((), device=device)
                 y = vae_decode(vae, zin).float()
-            rec = (y - x).abs().mean() + (y - x).pow(2).mean()
+            rec = reconstruction_loss(y, x)
             loss = rec + args.kl_weight * kl + args.commit_weight * commit
             lv, gn = optimizer_step(opt, loss, params, "VAE", step)
             state["step"] += 1

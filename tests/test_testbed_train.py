@@ -155,3 +155,16 @@ def test_train_pipeline_tiny(tmp_path):
     steps = [r["step"] for r in log2["gpt"]]
     assert steps[:40] == list(range(1, 41)) and steps[40:] == [41, 42, 43, 44]
     assert log2["summary"]["gpt_steps"] == 44
+    # a fresh transformer on the exported VAE (--init-vae): the VAE is taken as exported, not trained
+    run3, w3 = tmp_path / "run3", tmp_path / "weights3"
+    log3 = main(["--data", str(data), "--out", str(run3), "--export", str(w3), "--spec", "tiny", "--log-every", "1",
+                 "--val-windows", "1", "--minutes-vae", "0", "--minutes-gpt", "5", "--max-gpt-steps", "3",
+                 "--init-vae", str(w)])
+    assert len(log3["gpt"]) == 3
+    # the VAE's history comes along: its runs, loss rows and held-out PSNR stay in the new model's log
+    assert log3["vae"] == log2["vae"] and log3["vae_val"] == log2["vae_val"]
+    assert [r["argv"] for r in log3["runs"][:-1]] == [r["argv"] for r in log2["runs"]]
+    assert log3["summary"]["vae_steps"] == 14
+    from safetensors.torch import load_file
+    a, b = load_file(str(w / "vae.safetensors")), load_file(str(w3 / "vae.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

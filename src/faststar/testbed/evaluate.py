@@ -147,10 +147,10 @@ def model_card(folder: Path, data_dir: Path, ev: dict) -> str:
         for s in c["segments"]:
             lines.append(f"  * frames {s['start']}-{s['end']}: {s['caption']}")
     lines += ["", "## Training", ""]
-    if runs:
-        last = runs[-1]
-        lines.append(f"* Command: `python -m faststar.testbed.train {' '.join(last.get('argv', []))}` on "
-                     f"{last.get('gpu') or last.get('device')} (torch {last.get('torch')}).")
+    for i, run in enumerate(runs):
+        what = "" if len(runs) == 1 else f" ({i + 1} of {len(runs)})"
+        lines.append(f"* Command{what}: `python -m faststar.testbed.train {' '.join(run.get('argv', []))}` on "
+                     f"{run.get('gpu') or run.get('device')} (torch {run.get('torch')}).")
     cal = tr.get("calibration") or {}
     vae_rows = log.get("vae", [])
     gpt_rows = log.get("gpt", [])
@@ -165,7 +165,9 @@ def model_card(folder: Path, data_dir: Path, ev: dict) -> str:
                  f"({att.get('mode', 'n/a')} attention), teacher-forced packed sequences, bitwise cross-entropy. "
                  f"Loss {_fmt(gpt_rows[0]['loss'], 4) if gpt_rows else 'n/a'} -> "
                  f"{_fmt(gpt_rows[-1]['loss'], 4) if gpt_rows else 'n/a'}.")
-    lines.append(f"* Wall time of the run: {tr.get('wall_minutes', 'n/a')} min.")
+    lines.append(f"* Wall time of the {'last ' if len(runs) > 1 else ''}run: {tr.get('wall_minutes', 'n/a')} min.")
+    if tr.get("selection"):
+        lines.append(f"* Selection: {tr['selection']}")
     lines += ["", f"## Evaluation on held-out {', '.join(sorted({r['clip'] for r in ev['rows']}))} "
               f"({ev['windows']} windows, CPU)", "",
               f"* VAE reconstruction PSNR: **{ev['psnr']:.2f} dB**; through the multi-scale quantizer (what "

@@ -286,6 +286,34 @@ def vae_val_psnr(vae: VideoVAE, frames: Frames, schedule, length: int, n: int = 
                 psnr_quantized=float(np.mean(p_q)) if wins else None)
 
 
+def init_vae_from(path: str, vae: VideoVAE, log: Log):
+    """Take the VAE of an exported model folder (or its vae.safetensors) instead of training one."""
+    from ..checkpoint import load_checkpoint
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    load_checkpoint(vae, folder / "vae.safetensors" if path.is_dir() else path)
+    cfg = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
+    train = cfg.get("training", {})
+    state = dict(step=train.get("vae_steps", 0), phase=2, calibration=train.get("calibration"), seconds=0.0,
+                 phase2_step=0, init_from=str(path))
+    if (folder / "train_log.json").exists():
+        merge_vae_history(log.data, json.loads((folder / "train_log.json").read_text()))
+    log.event(f"VAE taken from {path} (trained {state['step']} steps there); VAE training skipped")
+    return vae.eval(), state
+
+
+def merge_vae_history(data: dict, prior: dict) -> dict:
+    """Put the VAE part of an earlier run's log (its runs, events, VAE loss rows and held-out PSNR) in front of
+    ``data``, so that a model trained in two commands keeps one log. Runs already present are not repeated."""
+    seen = {r.get("start") for r in data.get("runs", [])}
+    data["runs"] = [r for r in prior.get("runs", []) if r.get("start") not in seen] + data.get("runs", [])
+    data["events"] = [e for e in prior.get("events", []) if e not in data.get("events", [])] + data.get("events", [])
+    for key in ("vae", "vae_val"):
+        if prior.get(key) and not data.get(key):
+            data[key] = prior[key]
+    return data
+
+
 def train_vae(args, spec: TrainSpec, frames: Frames, val: Frames | None, device, log: Log, out: Path):
     schedule = spec.build_schedule()
     length = spec.pixel_frames
@@ -296,8 +324,10 @@ def train_vae(args, spec: TrainSpec, frames: Frames, val: Frames | None, device,
     state = dict(step=0, phase=1, calibration=None, seconds=0.0, phase2_step=0)
     ck = out / "vae.pt"
     budget_s = args.minutes_vae * 60
+    if args.init_vae:
+        return init_vae_from(args.init_vae, vae, log)
     if (args.resume or budget_s <= 0) and ck.exists():
-        sd = torch.load(ck, map_location=device, weights_only=False)
+        sd = torch.load(ck, map_location=device, weights_only=True)
         vae.load_state_dict(sd["model"])
         opt.load_state_dict(sd["opt"])
         state.update(sd["state"])
@@ -580,7 +610,7 @@ def train_gpt(args, spec: TrainSpec, data: GPTData, val: GPTData | None, device,
     state = dict(step=0, seconds=0.0)
     ck = out / "gpt.pt"
     if args.resume and ck.exists():
-        sd = torch.load(ck, map_location=device, weights_only=False)
+        sd = torch.load(ck, map_location=device, weights_only=True)
         model.load_state_dict(sd["model"])
         opt.load_state_dict(sd["opt"])
         state.update(sd["state"])
@@ -782,6 +812,8 @@ def parse_args(argv=None):
     # VAE
     p.add_argument("--batch-vae", type=int, default=None, help="phase 1 batch (default 8 on GPU, 1 on CPU)")
     p.add_argument("--batch-vae-q", type=int, default=None, help="phase 2 batch (default 2 on GPU, 1 on CPU)")
+    p.add_argument("--init-vae", default=None,
+                   help="use the VAE of an exported model folder (or a vae.safetensors) instead of training one")
     p.add_argument("--lr-vae", type=float, default=5e-4)
     p.add_argument("--warmup-vae", type=int, default=100)
     p.add_argument("--vae-phase1-frac", type=float, default=0.65)
@@ -861,7 +893,7 @@ def main(argv=None) -> dict:
         log.event(f"transformer training failed: {type(e).__name__}: {e}", traceback=traceback.format_exc())
         model, gpt_state = STARTransformer(spec.transformer_config()), {}
         if (out / "gpt.pt").exists():
-            sd = torch.load(out / "gpt.pt", map_location="cpu", weights_only=False)
+            sd = torch.load(out / "gpt.pt", map_location="cpu", weights_only=True)
             model.load_state_dict(sd["model"])
             gpt_state = sd["state"]
         model = model.to(device).eval()

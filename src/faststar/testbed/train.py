@@ -1,13 +1,16 @@
 """Train the testbed (VAE, then transformer) on the prepared clips, time-budgeted and resumable, in one command.
 
     PYTHONPATH=src python -m faststar.testbed.train --data .carry/testbed_data --out out/testbed_run \
-        --export src/faststar/testbed/weights --minutes-vae 3.2 --minutes-gpt 4.3 [--resume]
+        --export src/faststar/testbed/weights [--minutes-vae 8.4 --minutes-gpt 4.5] [--resume]
+
+The defaults are the recipe of the shipped testbed (v2), which was trained in two commands: the VAE alone
+(``--minutes-gpt 0``), then the transformer on it (``--minutes-vae 0 --init-vae <that export>``).
 
 1. VAE (the engine's VideoVAE at small widths): phase 1 reconstructs random 17-frame windows (random crops,
    flips) with L1 + MSE + a small KL on a posterior sample; then the latent scale is calibrated (the
    ``scale_learnable_parameters[0]`` that makes the multi-scale BSQ of the schedule lose the least, relative to the
-   latent); phase 2 feeds the decoder the multi-scale-quantized latent (straight-through, plus a small commitment
-   term), since generation decodes sums of codes.
+   latent); phase 2 feeds the decoder the multi-scale-quantized latent (straight-through, plus a commitment
+   term that keeps the encoder's latent where the scale was calibrated), since generation decodes sums of codes.
 2. Every training window is encoded (posterior mean, fp32, as the pipeline encodes) and quantized over the
    schedule: bit labels + step inputs. The transformer is trained teacher-forced on packed sequences (text + all
    43 steps, block visibility; ``packing.py``) with the bitwise cross-entropy; captions are dropped 10 % of the time
@@ -17,7 +20,8 @@
    ``FastStarPipeline.from_pretrained`` reads) and ``train_log.json``.
 
 Checkpoints (model + optimizer) and the JSON log live in ``--out``; ``--resume`` continues each phase from them and
-trains for the given minutes more (``--minutes-vae 0`` skips the VAE).
+trains for the given minutes more (``--minutes-vae 0`` skips the VAE; ``--init-vae FOLDER`` takes an exported
+model's VAE and its log instead).
 """
 from __future__ import annotations
 
@@ -337,7 +341,7 @@ def train_vae(args, spec: TrainSpec, frames: Frames, val: Frames | None, device,
             raise FileNotFoundError(f"--minutes-vae 0 needs a trained VAE checkpoint at {ck}")
         log.event("VAE training skipped (--minutes-vae 0)")
         return vae.eval(), state
-    # phase split: 65 % reconstruction, 35 % quantized decoding (all of it when phase 2 already started)
+    # phase split: --vae-phase1-frac reconstruction, the rest quantized decoding (all of it when phase 2 already started)
     p1_s = 0.0 if state["phase"] == 2 else budget_s * args.vae_phase1_frac
     rng = random.Random(args.seed + state["step"])
     # clip-balanced sampling: a clip with n windows is drawn with weight sqrt(n) (vtest alone has 60 % of the frames)
@@ -801,8 +805,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default=str(REPO / "out" / "testbed_run"), help="checkpoints and logs")
     p.add_argument("--export", default=str(DEFAULT_EXPORT), help="where the model folder is written")
     p.add_argument("--spec", default="testbed", choices=sorted(SPECS))
-    p.add_argument("--minutes-vae", type=float, default=3.2)
-    p.add_argument("--minutes-gpt", type=float, default=4.3)
+    p.add_argument("--minutes-vae", type=float, default=8.4)
+    p.add_argument("--minutes-gpt", type=float, default=4.5)
     p.add_argument("--max-minutes", type=float, default=None,
                    help="hard wall-clock limit for the whole run (training phases stop early to fit; export included)")
     p.add_argument("--resume", action="store_true")
@@ -814,11 +818,11 @@ def parse_args(argv=None):
     p.add_argument("--batch-vae-q", type=int, default=None, help="phase 2 batch (default 2 on GPU, 1 on CPU)")
     p.add_argument("--init-vae", default=None,
                    help="use the VAE of an exported model folder (or a vae.safetensors) instead of training one")
-    p.add_argument("--lr-vae", type=float, default=5e-4)
+    p.add_argument("--lr-vae", type=float, default=1e-3)
     p.add_argument("--warmup-vae", type=int, default=100)
-    p.add_argument("--vae-phase1-frac", type=float, default=0.65)
+    p.add_argument("--vae-phase1-frac", type=float, default=0.75)
     p.add_argument("--kl-weight", type=float, default=1e-4)
-    p.add_argument("--commit-weight", type=float, default=0.02)
+    p.add_argument("--commit-weight", type=float, default=0.1)
     p.add_argument("--calib-windows", type=int, default=8)
     p.add_argument("--max-vae-steps", type=int, default=None)
     # transformer

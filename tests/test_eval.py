@@ -86,3 +86,21 @@ def test_eval_cache_is_keyed_by_the_resolved_config(tmp_path):
     assert len(list((tmp_path / "runs").glob("*.json"))) == 1
     r.run("faststar:balanced+keep_ratios=0.5/0.8/1.0", item, 0)
     assert len(list((tmp_path / "runs").glob("*.json"))) == 2
+
+
+def test_eval_cache_is_keyed_by_the_weights(tmp_path):
+    """A retrained model of the same name (same spec, other weights) does not reuse the old model's videos."""
+    import torch
+    from faststar import eval as ev
+    a, b = tiny_pipe(), tiny_pipe()
+    assert a.fingerprint() == b.fingerprint()
+    with torch.no_grad():
+        next(iter(b.transformer.parameters())).add_(1e-3)
+    b._fingerprint = None
+    assert a.fingerprint() != b.fingerprint()
+    item = {"prompt": "a ball rolls"}
+    ev.Runner(a, tmp_path, log=lambda *_: None).run("dense", item, 0)
+    ev.Runner(a, tmp_path, log=lambda *_: None).run("dense", item, 0)
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 1
+    ev.Runner(b, tmp_path, log=lambda *_: None).run("dense", item, 0)
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 2

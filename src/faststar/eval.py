@@ -74,7 +74,8 @@ class Runner:
         # keyed by what runs (the resolved knobs), not by the name: a preset that changes meaning is not reused
         what = "dense" if acc is None else json.dumps({k: v for k, v in acc.describe().items() if k != "preset"},
                                                       sort_keys=True)
-        k = _key(what, item["prompt"], item.get("image"), seed, self.pipe.spec.name)
+        # and by the weights: a retrained model of the same name does not reuse the old model's videos
+        k = _key(what, item["prompt"], item.get("image"), seed, self.pipe.spec.name, self.pipe.fingerprint())
         meta_f, frames_f = self.out / "runs" / f"{k}.json", self.out / "runs" / f"{k}.npz"
         if meta_f.exists() and frames_f.exists():
             meta = json.loads(meta_f.read_text())

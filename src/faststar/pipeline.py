@@ -9,6 +9,8 @@ conditioning image/video into teacher-forced bit labels, 4 the generation loop, 
 """
 from __future__ import annotations
 
+import hashlib
+
 import json
 import time
 from dataclasses import dataclass, field
@@ -202,6 +204,23 @@ class FastStarPipeline:
         self.dtype = dtype or transformer.block_dtype
         self.text_encoder_spec = text_encoder_spec
         self.accelerator = None           # set by faststar.apply / faststar.remove
+        self._fingerprint: str | None = None
+
+    def fingerprint(self) -> str:
+        """A short hash that tells these weights from others of the same architecture (a retrained model, another
+        checkpoint): every tensor's name and shape plus 256 of its values at a fixed stride, of the transformer and
+        the VAE, and the text encoder's identity. Cheap at 8B (no full pass over the weights); computed once."""
+        if self._fingerprint is None:
+            h = hashlib.sha1()
+            for part in (self.transformer, self.vae):
+                for name, t in part.state_dict().items():
+                    flat = t.detach().reshape(-1)
+                    sample = flat[::max(1, flat.numel() // 256)][:256].to("cpu", torch.float64)
+                    h.update(f"{name}{tuple(t.shape)}".encode())
+                    h.update(sample.numpy().tobytes())
+            h.update(f"{self.text_encoder_spec or type(self.text_encoder).__name__}".encode())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
 
     def save_pretrained(self, folder: str | Path, *, dtype: torch.dtype | None = None, extra: dict | None = None
                         ) -> Path:

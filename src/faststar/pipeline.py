@@ -10,7 +10,6 @@ conditioning image/video into teacher-forced bit labels, 4 the generation loop, 
 from __future__ import annotations
 
 import hashlib
-
 import json
 import time
 from dataclasses import dataclass, field

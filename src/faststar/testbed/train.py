@@ -322,14 +322,14 @@ def train_vae(args, spec: TrainSpec, frames: Frames, val: Frames | None, device,
     schedule = spec.build_schedule()
     length = spec.pixel_frames
     vae = VideoVAE(spec.vae_config()).to(device)
+    if args.init_vae:
+        return init_vae_from(args.init_vae, vae, log)
     vae.scale_learnable_parameters.requires_grad_(False)
     params = [p for p in vae.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr_vae, betas=(0.9, 0.99), weight_decay=1e-4)
     state = dict(step=0, phase=1, calibration=None, seconds=0.0, phase2_step=0)
     ck = out / "vae.pt"
     budget_s = args.minutes_vae * 60
-    if args.init_vae:
-        return init_vae_from(args.init_vae, vae, log)
     if (args.resume or budget_s <= 0) and ck.exists():
         sd = torch.load(ck, map_location=device, weights_only=True)
         vae.load_state_dict(sd["model"])
@@ -341,7 +341,7 @@ def train_vae(args, spec: TrainSpec, frames: Frames, val: Frames | None, device,
             raise FileNotFoundError(f"--minutes-vae 0 needs a trained VAE checkpoint at {ck}")
         log.event("VAE training skipped (--minutes-vae 0)")
         return vae.eval(), state
-    # phase split: --vae-phase1-frac reconstruction, the rest quantized decoding (all of it when phase 2 already started)
+    # phase split: --vae-phase1-frac reconstruction, the rest quantized decoding (all once phase 2 has started)
     p1_s = 0.0 if state["phase"] == 2 else budget_s * args.vae_phase1_frac
     rng = random.Random(args.seed + state["step"])
     # clip-balanced sampling: a clip with n windows is drawn with weight sqrt(n) (vtest alone has 60 % of the frames)
@@ -817,7 +817,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-vae", type=int, default=None, help="phase 1 batch (default 8 on GPU, 1 on CPU)")
     p.add_argument("--batch-vae-q", type=int, default=None, help="phase 2 batch (default 2 on GPU, 1 on CPU)")
     p.add_argument("--init-vae", default=None,
-                   help="use the VAE of an exported model folder (or a vae.safetensors) instead of training one")
+                   help="use the VAE of an exported model folder (or a vae.safetensors); no VAE training then")
     p.add_argument("--lr-vae", type=float, default=1e-3)
     p.add_argument("--warmup-vae", type=int, default=100)
     p.add_argument("--vae-phase1-frac", type=float, default=0.75)

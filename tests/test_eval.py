@@ -104,3 +104,34 @@ def test_eval_cache_is_keyed_by_the_weights(tmp_path):
     assert len(list((tmp_path / "runs").glob("*.json"))) == 1
     ev.Runner(b, tmp_path, log=lambda *_: None).run("dense", item, 0)
     assert len(list((tmp_path / "runs").glob("*.json"))) == 2
+
+
+def test_eval_merge_of_parts(tmp_path, capsys):
+    """Runs on parts of a method list (one process per GPU) merge into the result of the whole list."""
+    import pytest
+    from faststar.eval import merge_results
+    folder = tiny_pipe().save_pretrained(tmp_path / "model")
+    common = ["eval", "--model-dir", str(folder), "--seeds", "0", "--device", "cpu", "--prompts"]
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "a ball rolls"}) + "\n")
+    a_m, b_m = "faststar:balanced+keep_ratios=0.5/0.7/1.0", "random:balanced"
+    for name, methods in (("a", a_m), ("b", f"{b_m},{a_m}"), ("whole", f"{a_m},{b_m}")):
+        assert cli_main(common + [str(prompts), "--methods", methods, "--out", str(tmp_path / name)]) == 0
+    assert cli_main(["eval", "--merge", str(tmp_path / "a" / "results.json"), str(tmp_path / "b" / "results.json"),
+                     "--out", str(tmp_path / "merged")]) == 0
+    merged = json.loads((tmp_path / "merged" / "results.json").read_text())
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
+    assert merged["methods"] == [a_m, b_m] and merged["merged_from"] == 2
+    assert len(merged["rows"]) == 2                       # the method in both parts counted once
+    psnr = {r["method"]: r["psnr"] for r in merged["summary"]}
+    assert psnr == pytest.approx({r["method"]: r["psnr"] for r in whole["summary"]})
+    assert merged["noise_floor"]["psnr"] == pytest.approx(whole["noise_floor"]["psnr"])
+    assert (tmp_path / "merged" / "pareto.png").stat().st_size > 0
+    # parts of other runs do not merge
+    other = dict(whole, seeds=[1])
+    with pytest.raises(ValueError, match="seeds"):
+        merge_results([whole, other])
+    bad = json.loads(json.dumps(whole))
+    bad["noise_floor"]["per_video"][0]["psnr"] += 1.0
+    with pytest.raises(ValueError, match="dense videos differ"):
+        merge_results([whole, bad])

@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quick", action="store_true", help="a reduced set that finishes on a CPU in minutes")
     e.add_argument("--device", default="auto")
     e.add_argument("--text-encoder", default=None, help="override, e.g. cached:<file.safetensors>")
+    e.add_argument("--merge", nargs="+", default=None, metavar="RESULTS_JSON",
+                   help="generate nothing: merge results.json files of runs on parts of a method list into --out")
     e.set_defaults(fn=_cmd_eval)
     return p
 

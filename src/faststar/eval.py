@@ -168,11 +168,48 @@ def run_eval(pipe, out_dir, methods: list[str], prompts: list[dict], seeds: list
                                               for d in dense_rows])),
                   dense_per_scale_time=_mean_dicts([d["per_scale_time"] for d in dense_rows]),
                   summary=summary, rows=rows)
+    write_results(result, out)
+    return result
+
+
+def write_results(result: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=1))
     (out / "results.md").write_text(results_markdown(result))
     plot_pareto(result, out / "pareto.png")
     plot_latency(result, out / "latency.png")
-    return result
+
+
+def merge_results(parts: list[dict]) -> dict:
+    """One result from eval runs of the same model, prompts and seeds on parts of a method list (for example one
+    process per GPU). Their dense videos must agree (same noise floor, video by video); a method run in several parts
+    keeps its first part's rows."""
+    if not parts:
+        raise ValueError("nothing to merge")
+    first = parts[0]
+    for i, r in enumerate(parts[1:], 2):
+        for key in ("model", "prompts", "seeds"):
+            if r[key] != first[key]:
+                raise ValueError(f"part {i} was run with other {key} than part 1: {r[key]!r} vs {first[key]!r}")
+        a = [f["psnr"] for f in first["noise_floor"]["per_video"]]
+        b = [f["psnr"] for f in r["noise_floor"]["per_video"]]
+        if len(a) != len(b) or any(abs(x - y) > 1e-3 for x, y in zip(a, b)):
+            raise ValueError(f"part {i}'s dense videos differ from part 1's (noise floor per video {b} vs {a}): "
+                             "not the same weights, or a non-deterministic device")
+    methods, rows, seen = [], [], set()
+    for r in parts:
+        methods += [m for m in r["methods"] if m not in methods]
+        for row in r["rows"]:
+            k = (row["method"], row["prompt"], row.get("image"), row["seed"])
+            if k not in seen:
+                seen.add(k)
+                rows.append(row)
+    devices = list(dict.fromkeys(r["device"] for r in parts))
+    return dict(first, device=", ".join(devices), methods=methods, date=max(r["date"] for r in parts),
+                complete=all(r.get("complete", True) for r in parts),
+                dense_time_s=float(np.mean([r["dense_time_s"] for r in parts])),
+                dense_per_scale_time=_mean_dicts([r["dense_per_scale_time"] for r in parts]),
+                summary=summarize_rows(rows), rows=rows, merged_from=len(parts))
 
 
 def _mean_dicts(ds):
@@ -283,6 +320,12 @@ def plot_latency(res: dict, path: Path) -> None:
 
 
 def main_eval(a) -> int:
+    if a.merge:
+        res = merge_results([json.loads(Path(f).read_text()) for f in a.merge])
+        write_results(res, Path(a.out))
+        print(results_markdown(res))
+        print(f"merged {len(a.merge)} runs into {a.out}/results.json, results.md, pareto.png, latency.png")
+        return 0
     from .pipeline import FastStarPipeline
     pipe = FastStarPipeline.from_pretrained(a.model_dir, device=a.device, text_encoder=a.text_encoder)
     prompts = load_prompts(a.prompts)

@@ -150,3 +150,18 @@ def test_check_reference_cli_vae_case(golden, capsys):
     assert cli_main(["check-reference", str(golden / "vae_tiny")]) == 0
     out = capsys.readouterr().out
     assert "q.bits" in out and "decoded" in out and "all within tolerance" in out
+
+
+def test_cli_bad_output_fails_before_generating(tmp_path, capsys, monkeypatch):
+    """A wrong --output (no video suffix, a folder) is an error at once: no model is loaded, nothing generated."""
+    from faststar import cli
+    folder = tiny_pipe().save_pretrained(tmp_path / "model")
+    loads = []
+    monkeypatch.setattr(cli, "_load_pipe", lambda a: loads.append(a) or (_ for _ in ()).throw(AssertionError))
+    for bad in (tmp_path / "out", tmp_path / "clip.avi"):
+        rc = cli_main(["generate", "--model-dir", str(folder), "--prompt", "x", "-o", str(bad)])
+        assert rc == 2 and "unsupported suffix" in capsys.readouterr().err
+    (tmp_path / "dir.mp4").mkdir()
+    assert cli_main(["generate", "--model-dir", str(folder), "--prompt", "x", "-o", str(tmp_path / "dir.mp4")]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert loads == []

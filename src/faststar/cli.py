@@ -39,7 +39,12 @@ def _load_pipe(a):
 
 def _cmd_generate(a) -> int:
     from . import accel
-    from .io import write_video
+    from .io import check_video_path, write_video
+    try:                # a bad output path fails now, not after the generation
+        check_video_path(a.output)
+    except ValueError as e:
+        print(f"error: --output: {e}", file=sys.stderr)
+        return 2
     try:
         pipe = _load_pipe(a)
     except (FileNotFoundError, ValueError) as e:
@@ -54,7 +59,6 @@ def _cmd_generate(a) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     path = Path(a.output)
-    path.parent.mkdir(parents=True, exist_ok=True)
     write_video(path, out.frames, fps=out.fps)
     if a.save_masks:
         from .accel.viz import mask_video

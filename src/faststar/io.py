@@ -271,6 +271,25 @@ def write_video(path, frames, fps: float = 16, crf: int = 18, pad_odd: bool = Tr
     return _atomic_write(path, lambda tmp: _write_h264(tmp, frames, fps, crf, _CONTAINER_FORMAT[suffix]))
 
 
+def check_video_path(path) -> Path:
+    """Fail before any work if ``write_video`` could not write ``path`` (its suffix, PyAV for H.264 containers, a
+    folder that can be created). Returns the path."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix != ".gif" and suffix not in VIDEO_SUFFIXES:
+        raise ValueError(f"cannot write {str(path)!r}: unsupported suffix {suffix!r}; use one of "
+                         f"{list(VIDEO_SUFFIXES) + ['.gif']}")
+    if suffix in VIDEO_SUFFIXES:
+        try:
+            import av  # noqa: F401
+        except ImportError as e:
+            raise ValueError(f"writing {suffix} needs PyAV (pip install av); or write a .gif") from e
+    if path.exists() and path.is_dir():
+        raise ValueError(f"cannot write {str(path)!r}: it is a folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def write_image(path, frame) -> Path:
     """Write one uint8 frame [H, W, 3] or [H, W] (format from the suffix: png, jpg, webp, ...); atomic."""
     if isinstance(frame, torch.Tensor):

@@ -255,14 +255,11 @@ def write_video(path, frames, fps: float = 16, crf: int = 18, pad_odd: bool = Tr
     """
     frames = _as_uint8_frames(frames)
     path = Path(path)
-    suffix = path.suffix.lower()
+    suffix = _check_video_suffix(path)
     if not fps > 0:
         raise ValueError(f"fps must be > 0; got {fps}")
     if suffix == ".gif":
         return _atomic_write(path, lambda tmp: _write_gif(tmp, frames, fps))
-    if suffix not in VIDEO_SUFFIXES:
-        raise ValueError(f"cannot write {str(path)!r}: unsupported suffix {suffix!r}; use one of "
-                         f"{list(VIDEO_SUFFIXES) + ['.gif']}")
     T, H, W, _ = frames.shape
     if H % 2 or W % 2:
         if not pad_odd:
@@ -271,14 +268,19 @@ def write_video(path, frames, fps: float = 16, crf: int = 18, pad_odd: bool = Tr
     return _atomic_write(path, lambda tmp: _write_h264(tmp, frames, fps, crf, _CONTAINER_FORMAT[suffix]))
 
 
-def check_video_path(path) -> Path:
-    """Fail before any work if ``write_video`` could not write ``path`` (its suffix, PyAV for H.264 containers, a
-    folder that can be created). Returns the path."""
-    path = Path(path)
+def _check_video_suffix(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix != ".gif" and suffix not in VIDEO_SUFFIXES:
         raise ValueError(f"cannot write {str(path)!r}: unsupported suffix {suffix!r}; use one of "
                          f"{list(VIDEO_SUFFIXES) + ['.gif']}")
+    return suffix
+
+
+def check_video_path(path) -> Path:
+    """Fail before any work if ``write_video`` could not write ``path`` (its suffix, PyAV for H.264 containers, a
+    folder that can be created). Returns the path."""
+    path = Path(path)
+    suffix = _check_video_suffix(path)
     if suffix in VIDEO_SUFFIXES:
         try:
             import av  # noqa: F401

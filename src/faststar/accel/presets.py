@@ -5,27 +5,28 @@ Keep ratios are listed per prunable scale counted from the clip's LAST scale: (l
 latent frames in a video clip), the fourth is the last semantic scale 18x32; at 480p they are 30x53, 24x43, 18x32
 (all detail), then 12x21. Clip 0 (the first frame) is not pruned by default.
 
-FastSTAR presets (2026-11-29), chosen from measurements (benchmarks/RESULTS.md sections 2-6): testbed PSNR
-against the same-seed dense video (6 prompts x 2 seeds; noise floor 17.55 dB) and end-to-end speed of the 8B model
-at 720p 5 s on one H200 (transformer + VAE decode, dense 30.7 s), measured in one run (section 5):
+FastSTAR presets (2026-11-29), chosen from measurements (benchmarks/RESULTS.md sections 2-6, re-measured on the
+retrained testbed v2 in section 9): testbed PSNR against the same-seed dense video (6 prompts x 2 seeds; v2 noise
+floor 17.43 dB) and end-to-end speed of the 8B model at 720p 5 s on one H200 (transformer + VAE decode, dense
+30.7 s), measured in one run (section 5):
 
-    preset     knobs                                                testbed PSNR (min)    8B 720p e2e
-    quality    (0.25, 1, 1), restore                                31.94 dB (31.00)      1.62x
-    balanced   (0, 0.4, 1), restore: last scale not run             29.88 dB (CPU run)    2.11x
-    fast       (0, 0.2, 1, 1, 1, 1) on the last 6, first repetition 22.05 dB (20.42)      3.82x
+    preset     knobs                                                testbed v2 PSNR (min) 8B 720p e2e
+    quality    (0.25, 1, 1), restore                                31.10 dB (29.28)      1.62x
+    balanced   (0, 0.4, 1), restore: last scale not run             29.51 dB (27.54)      2.11x
+    fast       (0, 0.2, 1, 1, 1, 1) on the last 6, first repetition 23.55 dB (19.39)      3.82x
                only (max_reps=1), single-branch guidance on the last 2
-    fast-pruned (0.1, 0.25, 0.5, 0.8) on the last 4, single-branch 22.03 dB (18.28)      3.51x
+    fast-pruned (0.1, 0.25, 0.5, 0.8) on the last 4, single-branch 22.54 dB (19.20)      3.51x
                on the last 4 (the `fast` preset until 2026-11-29)
-    prune-balanced (0.2, 0.5, 1), restore                           29.82 dB (28.56)      1.88x (grid run)
-    prune-fast (0.12, 0.25, 0.35, 0.5) on the last 4                20.94 dB (18.92)      2.98x (grid run)
+    prune-balanced (0.2, 0.5, 1), restore                           29.82 dB (v1 testbed) 1.88x (grid run)
+    prune-fast (0.12, 0.25, 0.35, 0.5) on the last 4                20.94 dB (v1 testbed) 2.98x (grid run)
 
-Why these: restore beats Partial Update once more than the last scale is pruned (27.78 vs 25.07 dB at 2.1x); on
-the testbed, not running the last scale at all costs less quality than keeping 10-25 % of it, so `balanced`
-spends its budget on the second-to-last scale instead (random selection at the same ratios: 29.74 dB). For `fast`
-nothing measured at >= 3.5x reaches 25 dB (issue 4); the chosen one is as good on average as the pruned
-`fast-pruned` (22.05 vs 22.03 dB), collapses less on the worst prompt (20.42 vs 18.28 dB, fewer unguided scales)
-and is faster (3.82x vs 3.51x at 720p, 3.33x vs 2.88x at 480p). It prunes only 80 % of the 30x53 scale, so its
-scores barely matter (random at the same ratios: 22.05 dB).
+Why these (chosen on the v1 testbed, the reasons hold on v2): restore beats Partial Update once more than the last
+scale is pruned (27.78 vs 25.07 dB at 2.1x); on the testbed, not running the last scale at all costs less quality
+than keeping 10-25 % of it, so `balanced` spends its budget on the second-to-last scale instead (random selection at
+the same ratios: 29.44 dB on v2). For `fast` nothing measured at >= 3.5x reaches 25 dB (issue 4); the chosen one
+beats `fast-pruned` on average (23.55 vs 22.54 dB on v2), collapses less on the worst prompt (fewer unguided
+scales) and is faster (3.82x vs 3.51x at 720p, 3.33x vs 2.88x at 480p). It prunes only 80 % of the 30x53 scale, so
+its scores barely matter (random at the same ratios: 23.55 dB on v2).
 
 FLOP-model savings at 8B (flop_plan; 720p 5 s / 480p 10 s):
     faststar quality      42.4%  1.74x       37.3%  1.60x

@@ -628,3 +628,128 @@ def test_benchmark_method_lists_still_resolve():
         assert lines, f
         for ln in lines:
             accelerator_from_spec(ln)
+
+
+# ---------------------------------------------------------------------------------------------- filled skipped steps
+def test_skipped_scale_filled_from_the_previous_scale(tiny):
+    """keep ratio 0 with skipped="restore": no block runs on that scale (0 tokens, 0 FLOPs, as planned), but
+    every position gets the code sampled from the previous scale's last-block hidden states resized to its grid,
+    put through its head and guidance, with the step's own position-keyed uniforms; "mean" gives the mean code.
+    A step a later clip attends to still runs dense."""
+    from faststar.sampling import GuidanceConfig, expected_codes, guide, sample_bits, step_uniforms
+    from faststar.vae.quant import bits_to_codes
+    model, sched, text, _ = tiny
+    kw = dict(keep_ratios=(0.0, 1.0, 1.0), update="restore")
+    zero = run(tiny, make_accelerator("faststar", "balanced", **kw))
+    for fill in ("restore", "mean"):
+        acc = make_accelerator("faststar", "balanced", skipped=fill, **kw)
+        log = recording(acc)
+        out = run(tiny, acc)
+        filled = [i for i, r in enumerate(out.stats) if r.get("filled") == fill]
+        last = [st.index for st in sched.steps if st.scale.index_in_clip == 4 and st.scale.clip > 0]
+        # clip 1's last scale is clip 2's context: it runs dense; clip 2's is filled
+        assert filled == [last[-1]] and out.stats[last[0]]["tokens_run"] == out.stats[last[0]]["tokens"]
+        i = filled[0]
+        st, _, o = log[i]
+        N, d = st.scale.num_tokens, st.scale.bits
+        assert out.stats[i]["tokens_run"] == 0 and out.stats[i]["flops"] == 0.0 and not out.masks[i].any()
+        prev_st, _, prev = log[st.scale.first_step - 1]
+        fill_h = resize_tokens(prev.hidden, prev_st.scale.thw, st.scale.thw, "trilinear").to(o.hidden.dtype)
+        assert torch.equal(o.hidden, fill_h)
+        logits = model.logits(fill_h, d)
+        guided = guide(logits[0], logits[1], st.scale.tau, GuidanceConfig())
+        codes = o.codes[0].permute(1, 2, 3, 0).reshape(N, d)
+        if fill == "restore":
+            bits = sample_bits(guided, step_uniforms(SEED, st.index, N, d, "cpu"))
+            assert torch.equal(codes, bits_to_codes(bits)) and torch.equal(out.bits[i].reshape(N, d), bits)
+        else:
+            torch.testing.assert_close(codes, expected_codes(guided), rtol=0, atol=1e-6)
+        # every other step is as with zero fill: the videos differ only by this step's codes
+        assert torch.equal(out.latent[:, :, :-3], zero.latent[:, :, :-3])
+        assert not torch.equal(out.latent, zero.latent)
+        fp = flop_plan(acc, schedule=sched, model_cfg=model.cfg, text_len=7)
+        assert fp["total"] == pytest.approx(sum(r["flops"] for r in out.stats) + fp["text"], rel=1e-9)
+        assert torch.equal(run(tiny, make_accelerator("faststar", "balanced", skipped=fill, **kw)).latent,
+                           out.latent)                                         # same seed, same video
+    with pytest.raises(ValueError, match="skipped"):
+        make_accelerator("faststar", "balanced", skipped="restored")
+
+
+def test_dropped_repetitions_filled_from_the_repetition_that_ran(tiny):
+    """max_reps=1 with skipped_reps="restore": a dropped repetition runs no block and samples its codes from the
+    hidden states of the scale's repetition that ran (its own uniforms); the zero fill keeps today's result."""
+    model, sched, text, _ = tiny
+    kw = dict(keep_ratios=(0.5, 1.0), update="restore", max_reps=1)
+    zero = run(tiny, make_accelerator("faststar", "balanced", **kw))
+    assert torch.equal(run(tiny, make_accelerator("faststar", "balanced", skipped_reps="zero", **kw)).latent,
+                       zero.latent)
+    acc = make_accelerator("faststar", "balanced", skipped_reps="restore", **kw)
+    log = recording(acc)
+    out = run(tiny, acc)
+    filled = [i for i, r in enumerate(out.stats) if r.get("filled")]
+    dropped = [r["step"] for r in zero.stats if r["tokens_run"] == 0 and not r["teacher_forced"]]
+    assert filled == dropped and filled
+    for i in filled:
+        st, _, o = log[i]
+        ran_st, _, ran = log[st.scale.first_step]                             # repetition 0 ran
+        assert ran_st.rep == 0 and out.stats[ran_st.index]["tokens_run"] > 0
+        assert torch.equal(o.hidden, ran.hidden) and (o.codes != 0).all()
+        assert out.stats[i]["tokens_run"] == 0 and out.stats[i]["flops"] == 0.0
+    fp = flop_plan(acc, schedule=sched, model_cfg=model.cfg, text_len=7)
+    assert fp["total"] == pytest.approx(sum(r["flops"] for r in out.stats) + fp["text"], rel=1e-9)
+
+
+def test_bit_confidence_and_the_confidence_score(tiny):
+    """bit_confidence: 0 for coin-flip bits, -> 1 for certain ones; spatial="confidence" keeps the tokens whose
+    restored prediction is least decided, and runs exactly the planned tokens."""
+    from faststar.accel.faststar import bit_confidence
+    logits = torch.zeros(3, 8)                               # 3 tokens, 4 bits
+    logits[1, 1::2] = 20.0                                   # token 1: every bit certainly 1
+    logits[2, 1:4:2] = 20.0                                  # token 2: two bits certain, two coin flips
+    c = bit_confidence(logits)
+    torch.testing.assert_close(c, torch.tensor([0.0, 1.0, 0.5]), rtol=0, atol=1e-6)
+    acc = make_accelerator("faststar", "prune-balanced", spatial="confidence", temporal="off")
+    log = recording(acc)
+    out = run(tiny, acc)
+    pruned = [(i, st, o) for i, (st, _, o) in enumerate(log) if o.keep_idx is not None]
+    assert pruned and not any(r.get("spatial_fallback") for r in out.stats)
+    model = tiny[0]
+    for i, st, o in pruned:
+        prev_st, _, prev = log[st.scale.first_step - 1]
+        g = resize_tokens(prev.hidden[:1], prev_st.scale.thw, st.scale.thw, "trilinear")
+        conf = bit_confidence(model.logits(g, st.scale.bits)[0])
+        n = out.stats[i]["n_keep"]
+        assert o.keep_idx.numel() == n == out.stats[i]["tokens_run"]
+        assert torch.equal(o.keep_idx, select_topk(normalize(1.0 - conf), n))
+
+
+def test_reused_guidance_on_single_branch_steps(tiny):
+    """reuse_guidance: a single-branch step samples from cond / tau plus the guidance correction of the clip's last
+    two-branch step (its cond and uncond hidden states resized to this grid, through this step's head, APG over
+    all positions); the FLOPs are those of plain single-branch guidance; without single-branch steps it is off."""
+    from faststar.sampling import GuidanceConfig, guide, sample_bits, step_uniforms
+    model, sched, text, dense = tiny
+    kw = dict(single_branch_last=1, update="restore")
+    acc = make_accelerator("faststar", "prune-balanced", reuse_guidance=True, **kw)
+    log = recording(acc)
+    out = run(tiny, acc)
+    plain = run(tiny, make_accelerator("faststar", "prune-balanced", **kw))
+    reused = [i for i, r in enumerate(out.stats) if r.get("guidance") == "reused"]
+    assert reused == [i for i, r in enumerate(plain.stats) if r["branches"] == 1 and not r["teacher_forced"]]
+    assert [r["flops"] for r in out.stats] == [r["flops"] for r in plain.stats]
+    g = GuidanceConfig()
+    for i in reused:
+        st, _, o = log[i]
+        src_st, _, src = max(((s_, c_, o_) for s_, c_, o_ in log[:i] if s_.scale.clip == st.scale.clip
+                              and o_.hidden is not None and o_.hidden.shape[0] == 2
+                              and o_.hidden.shape[1] == s_.scale.num_tokens), key=lambda x: x[0].index)
+        N, d, tau = st.scale.num_tokens, st.scale.bits, st.scale.tau
+        lg = model.logits(resize_tokens(src.hidden, src_st.scale.thw, st.scale.thw, "trilinear"), d)
+        delta = guide(lg[0], lg[1], tau, g) - lg[0] / tau
+        assert delta.abs().max() > 0
+        expect = model.logits(o.hidden, d)[0] / tau + delta
+        bits = sample_bits(expect, step_uniforms(SEED, st.index, N, d, "cpu"))
+        assert (bits == out.bits[i].reshape(N, d)).float().mean() > 0.999       # float rounding of the sum only
+    assert not torch.equal(out.latent, plain.latent)
+    assert_same_as_dense(run(tiny, make_accelerator("faststar", "balanced", keep_ratios=1.0, reuse_guidance=True)),
+                         dense)

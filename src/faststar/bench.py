@@ -19,6 +19,7 @@ from .generate import generate
 from .model.transformer import STARTransformer, build_transformer
 from .sampling import GuidanceConfig
 from .schedule import official_schedule, schedule_flops
+from .vae.model import inference_decode
 
 
 @torch.no_grad()
@@ -118,8 +119,7 @@ def time_one(model, schedule, text, *, seed: int, accelerator=None, guidance=Gui
     if vae is not None:
         torch.cuda.synchronize(dev)
         t1 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            video = vae.decode(out.latent.to(dev))
+        video = inference_decode(vae, out.latent.to(dev))
         torch.cuda.synchronize(dev)
         res["vae_decode_s"] = time.perf_counter() - t1
         res["frames"] = int(video.shape[2])
@@ -147,7 +147,7 @@ def run_bench(resolutions=("720p", "480p"), duration: int = 5, methods=("dense",
             vae = VideoVAE(vae_config("infinitystar"))
         vae.to_empty(device=dev)
         random_init_(vae, seed)
-        vae.eval().requires_grad_(False)
+        vae.eval().requires_grad_(False).half_decoder_()     # as the pipeline decodes on a GPU
     gen = torch.Generator(device=dev).manual_seed(seed)
     text = torch.randn(text_len, model.cfg.text_channels, device=dev, generator=gen)
     report = dict(gpu=torch.cuda.get_device_name(dev), torch=torch.__version__, python=platform.python_version(),

@@ -138,6 +138,9 @@ def generate(model: STARTransformer, schedule: Schedule, text_LC: torch.Tensor, 
                     cos, sin = cos[keep], sin[keep]
                 h = model.forward_blocks(h, cos, sin, cache, layer_outputs=layer_outs,
                                          layers=range(plan.prune_layer, cfg.depth))
+            elif keep is not None and keep.numel() == 0:
+                # nothing runs the blocks (a step filled by ``restore`` from cached hidden states)
+                h = x.new_zeros(branches, 0, x.shape[-1], dtype=model.block_dtype)
             else:
                 if keep is not None:
                     x, cos, sin = x[keep], cos[keep], sin[keep]
@@ -151,6 +154,9 @@ def generate(model: STARTransformer, schedule: Schedule, text_LC: torch.Tensor, 
             hidden = h
             logits = model.logits(h, s.bits)                                      # [B, Nk, 2d] fp32
             guided = guide(logits[0], logits[1] if branches == 2 else None, s.tau, guidance)
+            if plan.guidance_delta is not None and branches == 1 and use_uncond:
+                delta = plan.guidance_delta(ctx, guidance)                        # [N, 2d]
+                guided = guided + (delta if keep is None else delta[keep])
             if forced is None:
                 u = step_uniforms(seed, st.index, N, s.bits, dev)
                 b = sample_bits(guided, u if keep is None else u[keep], check_nan=False)

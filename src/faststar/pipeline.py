@@ -335,6 +335,8 @@ class FastStarPipeline:
 
     def _finish(self, attention, fuse):
         self.transformer.set_attention_backend(attention)
+        if self.device.type == "cuda":
+            self.vae.half_decoder_()
         if fuse and self.device.type == "cuda":
             self.transformer.fuse_projections_()
             from .model.graphs import enable_cuda_graphs
@@ -440,10 +442,10 @@ class FastStarPipeline:
     @torch.no_grad()
     def decode(self, latent: torch.Tensor) -> np.ndarray:
         from .io import to_uint8
+        from .vae.model import inference_decode
         dev = self.device
         try:
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                video = self.vae.decode(latent.to(dev).float())
+            video = inference_decode(self.vae, latent.to(dev).float())
         except torch.cuda.OutOfMemoryError as e:
             raise RuntimeError(f"CUDA out of memory in the VAE decode ({e}); free GPU memory and retry") from e
         frames = to_uint8(video.float().cpu())

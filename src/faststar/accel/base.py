@@ -27,6 +27,8 @@ class StepPlan:
     run: bool = True                         # False = skip the step: no forward, zero codes, canvas unchanged
     restore: Callable | None = None          # (h_kept [B,Nk,C], keep_idx, ctx) -> h_full [B,N,C]
     restored_codes: str = "sample"           # with restore: pruned positions get a "sample" or the "mean" code
+    guidance_delta: Callable | None = None   # single-branch steps: (ctx, GuidanceConfig) -> [N, 2d] logits added
+                                             # to the conditional ones (a guidance correction from cached states)
     prune_layer: int = 0                     # >0: blocks [0, prune_layer) run on all tokens first
     select: Callable | None = None           # (h_BNC after prune_layer blocks, ctx) -> keep_idx or None (= all)
     info: dict = field(default_factory=dict)

@@ -37,10 +37,11 @@ from ..schedule import Scale, Schedule, Step
 from ..vae.quant import area_down
 from .base import Accelerator, StepBudget, StepContext, StepOutput, StepPlan
 
-SPATIAL_MODES = ("canvas", "hidden", "off")
+SPATIAL_MODES = ("canvas", "hidden", "confidence", "off")
 TEMPORAL_MODES = ("prev_frame", "prev_clip", "off")
 NORMS = ("rank", "mean")
 UPDATES = ("partial", "restore", "mean")
+FILLS = ("zero", "restore", "mean")
 SELECT_MODES = ("ratio", "threshold")
 
 
@@ -94,6 +95,17 @@ def temporal_similarity(x_BCthw: torch.Tensor, prev_canvas_BCTHW: torch.Tensor |
     else:
         other = torch.cat([ref, x_BCthw[:, :, :-1]], dim=2)
     return channel_cosine(x_BCthw, other, dim=1, eps=eps)[0].flatten()
+
+
+def bit_confidence(logits_N2d: torch.Tensor) -> torch.Tensor:
+    """Per token [N], how decided its bits are: the mean over bits of m^2, m = 2 p(1) - 1 (0 = every bit a coin
+    flip, 1 = every bit certain). 1 - m^2 is the expected squared error, in units of 1/d, of a bit filled with its
+    mean code when the distribution is right: the "confidence" spatial score ranks tokens by how little a
+    coarse-scale prediction leaves to decide."""
+    N = logits_N2d.shape[0]
+    pair = logits_N2d.float().view(N, -1, 2)
+    m = torch.tanh(0.5 * (pair[..., 1] - pair[..., 0]))
+    return m.pow(2).mean(-1)
 
 
 def normalize(v: torch.Tensor, mode: str = "rank", eps: float = 1e-12) -> torch.Tensor:
@@ -236,9 +248,15 @@ class PrevScaleHidden:
         """(thw, h_BNC) of the scale before ``scale`` in its clip, or None."""
         return self._h.get((scale.clip, scale.index_in_clip - 1))
 
-    def fill(self, h_kept: torch.Tensor, keep: torch.Tensor, scale: Scale, mode: str) -> torch.Tensor:
-        """[B, N, C]: the previous scale's states resized to this scale's grid, computed states at ``keep``."""
-        thw, h_prev = self.previous(scale)
+    def same(self, scale: Scale):
+        """(thw, h_BNC) of ``scale`` itself (its last repetition that ran), or None."""
+        return self._h.get((scale.clip, scale.index_in_clip))
+
+    def fill(self, h_kept: torch.Tensor, keep: torch.Tensor, scale: Scale, mode: str,
+             source=None) -> torch.Tensor:
+        """[B, N, C]: the previous scale's states (or ``source`` = (thw, h_BNC)) resized to this scale's grid,
+        computed states at ``keep``."""
+        thw, h_prev = source if source is not None else self.previous(scale)
         full = match_batch(resize_tokens(h_prev, thw, scale.thw, mode), h_kept.shape[0])
         full = full.to(h_kept.dtype).clone()
         full[:, keep] = h_kept
@@ -330,7 +348,9 @@ class FastSTARConfig:
         starts from it.
     spatial: "canvas" (cos of the scale-k and scale-(k-1) canvas views), "hidden" (the same on the hidden
         states after ``probe_layer`` blocks, against the previous scale's, cached and resized; costs those blocks
-        dense), or "off".
+        dense), "confidence" (convergence read from the previous scale's last-block hidden states resized to this
+        grid and put through this scale's head: S = mean over bits of (2p - 1)^2, so tokens whose bits that
+        coarse prediction leaves undecided rank first; costs the head on all tokens), or "off".
     temporal: "prev_frame" (against the previous latent frame), "prev_clip" (against the preceding clip's last
         frame), or "off". Clip 0 never has a temporal term.
     w_sp, w_tm: weights of the two normalized terms.
@@ -339,12 +359,25 @@ class FastSTARConfig:
         positions take the previous scale's last-block hidden states (its last repetition), resized trilinearly;
         all positions are sampled) or "mean" (restored the same way; pruned positions get the mean code of their
         restored logits instead of a sample).
+    skipped: what a prunable scale with keep ratio 0 adds to the canvas: "zero" (nothing, as skipping it), or
+        every position restored from the previous scale's last-block hidden states like ``update="restore"``:
+        "restore" (sampled with the step's position-keyed uniforms) or "mean" (the mean code). A filled step
+        runs no block, only the head and guidance on the restored states.
+    skipped_reps: the same for the repetitions that ``max_reps`` drops, restored from the scale's last
+        repetition that ran.
     probe_layer: blocks run on all tokens before scoring when spatial="hidden".
     eps: cosine epsilon (all-zero vectors compare equal).
     dense_ref_steps: a step that a later clip attends to runs dense (its K/V is the next clip's context);
         off: the next clip sees only the kept positions.
     single_branch_last: n > 0 also runs a single guidance branch (no CFG/APG) on the last n scales of each clip
         (the StageVAR combination); 0 = off.
+    single_branch_clip0: the same for clip 0 (the first frame) alone; -1 = as ``single_branch_last``. Clip 0's
+        last scales are a fixed cost of every plan (1.3 s of a 720p run on an H200), and image-to-video never runs
+        them (clip 0 is the given image).
+    reuse_guidance: on the single-branch steps, add the guidance correction (guided minus conditional logits)
+        of the clip's last step that ran both branches, computed through this step's head on that step's cond
+        and uncond last-block hidden states resized to this grid (APG over all positions, then this step's kept
+        ones): guidance from cached states at the cost of a head, instead of none.
     block: ratio mode only; > 0 spreads the kept tokens: every block x block tile of every latent frame keeps about
         the same share, its most important tokens (0 = plain top-k over the whole step).
     seed_offset: only used by the "random" control (its own generator).
@@ -366,9 +399,13 @@ class FastSTARConfig:
     eps: float = 1e-6
     dense_ref_steps: bool = False
     single_branch_last: int = 0
+    single_branch_clip0: int = -1
+    reuse_guidance: bool = False
     block: int = 0
     anchors: tuple[float, ...] | float = 0.0
     max_reps: int = 0
+    skipped: str = "zero"
+    skipped_reps: str = "zero"
     seed_offset: int = 0
 
     def __post_init__(self):
@@ -377,7 +414,8 @@ class FastSTARConfig:
         self.anchors = _knob(self.anchors)
         for name, val, ok in (("mode", self.mode, SELECT_MODES), ("spatial", self.spatial, SPATIAL_MODES),
                               ("temporal", self.temporal, TEMPORAL_MODES), ("norm", self.norm, NORMS),
-                              ("update", self.update, UPDATES)):
+                              ("update", self.update, UPDATES), ("skipped", self.skipped, FILLS),
+                              ("skipped_reps", self.skipped_reps, FILLS)):
             if val not in ok:
                 raise ValueError(f"{name} must be one of {ok}, got {val!r}")
         if not 0.0 < self.floor <= self.cap <= 1.0:
@@ -388,6 +426,9 @@ class FastSTARConfig:
             raise ValueError(f"probe_layer must be >= 1, got {self.probe_layer}")
         if self.single_branch_last < 0:
             raise ValueError(f"single_branch_last must be >= 0, got {self.single_branch_last}")
+        if self.single_branch_clip0 < -1:
+            raise ValueError(f"single_branch_clip0 must be >= 0, or -1 (= single_branch_last), got "
+                             f"{self.single_branch_clip0}")
         if self.block < 0:
             raise ValueError(f"block must be >= 0 (0 = plain top-k), got {self.block}")
         shares = _values(self.anchors)
@@ -415,6 +456,7 @@ class FastSTAR(Accelerator):
         self.depth: int | None = None
         self._probe: dict = {}         # (clip, index_in_clip) -> hidden after probe_layer blocks, all tokens
         self._prev = PrevScaleHidden()  # previous scale's full last-block hidden (restore)
+        self._guided = None             # (clip, thw, h [2, N, C]) of the clip's last step that ran both branches
 
     def _validate(self, cfg):
         if cfg.spatial == "off" and cfg.temporal == "off":
@@ -432,6 +474,7 @@ class FastSTAR(Accelerator):
         self.setup(model.cfg)
         self._probe = {}
         self._prev.clear()
+        self._guided = None
 
     def describe(self) -> dict:
         return {"method": self.name, "preset": self.preset, **asdict(self.cfg)}
@@ -478,17 +521,35 @@ class FastSTAR(Accelerator):
             return scale.reps
         return r
 
-    def _skipped(self, schedule: Schedule, step: Step) -> bool:
-        """Keep ratio 0, or a repetition beyond ``max_reps``: the step does not run at all (zero codes everywhere:
-        Partial Update with nothing kept)."""
+    def _fill_mode(self, schedule: Schedule, step: Step) -> tuple[str, str] | None:
+        """For a step that does not run its blocks (keep ratio 0, or a repetition beyond ``max_reps``): (fill,
+        source), fill one of FILLS, source "previous" (the scale before) or "same" (this scale's last repetition
+        that produced hidden states). None for a step that runs. A ratio-0 scale's first repetition follows
+        ``skipped``, its later ones ``skipped_reps``."""
+        c = self.cfg
+        if c.mode == "ratio" and self.keep_ratio(schedule, step) == 0.0:
+            return (c.skipped, "previous") if step.rep == 0 else (c.skipped_reps, "same")
         if step.rep >= self._runs_reps(schedule, step.scale):
-            return True
-        return self.cfg.mode == "ratio" and self.keep_ratio(schedule, step) == 0.0
+            return (c.skipped_reps, "same")
+        return None
+
+    def _skipped(self, schedule: Schedule, step: Step) -> bool:
+        """Keep ratio 0, or a repetition beyond ``max_reps``: no block runs (zero codes everywhere unless the
+        step is filled from cached hidden states, see ``skipped``)."""
+        return self._fill_mode(schedule, step) is not None
+
+    def _filled(self, schedule: Schedule, step: Step) -> bool:
+        """A skipped step that gets restored codes (a step a later clip attends to is never filled: it runs)."""
+        f = self._fill_mode(schedule, step)
+        return f is not None and f[0] != "zero" and not schedule.is_ref_step(step)
 
     def budget(self, schedule: Schedule, step: Step) -> StepBudget:
+        c = self.cfg
+        n_sb = c.single_branch_clip0 if (step.scale.clip == 0 and c.single_branch_clip0 >= 0) else c.single_branch_last
+        br = 1 if single_branch(schedule, step.scale, n_sb) else 2
         if self._skipped(schedule, step):
-            return StepBudget(run=False)
-        br = 1 if single_branch(schedule, step.scale, self.cfg.single_branch_last) else 2
+            # a filled step runs no block (tokens 0): only the head and guidance on restored states
+            return StepBudget(True, br, 0, 0) if self._filled(schedule, step) else StepBudget(run=False)
         n = self._pruned_tokens(schedule, step)
         if n is None:
             return StepBudget(True, br, None, 0)
@@ -502,12 +563,47 @@ class FastSTAR(Accelerator):
         nxt = schedule.scales[s.index + 1]
         return self._pruned_tokens(schedule, schedule.steps[nxt.first_step]) is not None
 
+    def _hidden_needed_after(self, schedule: Schedule, step: Step) -> bool:
+        """A later step restores from, or scores with, this step's last-block hidden states: the next repetition
+        is filled from it, or the next scale is filled from it, pruned with restore, or scored by confidence."""
+        c, s = self.cfg, step.scale
+        if step.rep + 1 < s.reps and self._filled(schedule, schedule.steps[s.first_step + step.rep + 1]):
+            return True
+        if s.index_in_clip + 1 >= len(schedule.clip_scales(s.clip)):
+            return False
+        nxt = schedule.steps[schedule.scales[s.index + 1].first_step]
+        if self._skipped(schedule, nxt):
+            return self._filled(schedule, nxt) and self._fill_mode(schedule, nxt)[1] == "previous"
+        return self._pruned_tokens(schedule, nxt) is not None and (c.update in ("restore", "mean")
+                                                                   or c.spatial == "confidence")
+
     # -- plan -----------------------------------------------------------------------------------------------
     def plan(self, ctx: StepContext) -> StepPlan:
+        p = self._plan(ctx)
+        if self.cfg.reuse_guidance and p.run and p.branches == 1:
+            src = self._guided
+            if src is not None and src[0] == ctx.scale.clip:
+                p.guidance_delta = self._guidance_delta
+                p.info["guidance"] = "reused"
+            else:
+                p.info["guidance"] = "none: no earlier step of the clip ran both branches"
+        return p
+
+    def _guidance_delta(self, ctx: StepContext, g) -> torch.Tensor:
+        """guided - cond logits of the cached two-branch hidden states, resized to this grid, through its head."""
+        from ..sampling import guide
+        _, thw, h = self._guided
+        s = ctx.scale
+        lg = ctx.model.logits(resize_tokens(h, thw, s.thw, "trilinear"), s.bits)     # [2, N, 2d]
+        return guide(lg[0], lg[1], s.tau, g) - lg[0] * (1.0 / s.tau)
+
+    def _plan(self, ctx: StepContext) -> StepPlan:
         c, st, sch = self.cfg, ctx.step, ctx.schedule
         b = self.budget(sch, st)
         if not b.run:
             return StepPlan(run=False, info=dict(keep_ratio=0.0, n_keep=0))
+        if b.tokens == 0:
+            return self._fill_plan(ctx, b)
         if b.tokens is None:
             if self._uses_probe() and self._next_scale_pruned(sch, st):
                 return StepPlan(branches=b.branches, prune_layer=c.probe_layer, select=self._capture)
@@ -529,6 +625,21 @@ class FastSTAR(Accelerator):
         return StepPlan(keep_idx=keep, branches=b.branches, restore=restore, restored_codes=self._restored_codes,
                         info=info)
 
+    def _fill_plan(self, ctx: StepContext, b: StepBudget) -> StepPlan:
+        """A skipped step filled from cached hidden states: no token runs the blocks, every position is restored."""
+        fill, source = self._fill_mode(ctx.schedule, ctx.step)
+        src = self._prev.previous(ctx.scale) if source == "previous" else self._prev.same(ctx.scale)
+        info = dict(keep_ratio=0.0, n_keep=0)
+        if src is None:
+            info["fill_fallback"] = "no hidden states to restore from: zero codes"
+            return StepPlan(run=False, info=info)
+        info["filled"] = fill
+
+        def restore(h_kept, keep, ctx_, _src=src):
+            return self._prev.fill(h_kept, keep, ctx_.scale, "trilinear", source=_src)
+        return StepPlan(keep_idx=torch.zeros(0, dtype=torch.long, device=ctx.canvas.device), branches=b.branches,
+                        restore=restore, restored_codes="mean" if fill == "mean" else "sample", info=info)
+
     # -- scoring and selection ------------------------------------------------------------------------------
     def _prev_thw(self, ctx: StepContext) -> tuple[int, int, int]:
         s = ctx.scale
@@ -539,7 +650,14 @@ class FastSTAR(Accelerator):
     def _importance(self, ctx: StepContext, h_BNC: torch.Tensor | None, info: dict) -> torch.Tensor:
         c, s = self.cfg, ctx.scale
         s_sp = None
-        if c.spatial == "hidden" and h_BNC is not None:
+        if c.spatial == "confidence":
+            prev = self._prev.previous(s)
+            if prev is not None:
+                g = resize_tokens(prev[1][:1], prev[0], s.thw, "trilinear")
+                s_sp = bit_confidence(ctx.model.logits(g, s.bits)[0])
+            else:
+                info["spatial_fallback"] = "no previous-scale hidden states: canvas score"
+        elif c.spatial == "hidden" and h_BNC is not None:
             prev = self._probe.get((s.clip, s.index_in_clip - 1))
             if prev is not None:
                 g = resize_tokens(prev[1][:1], prev[0], s.thw, "trilinear")[0]
@@ -596,14 +714,16 @@ class FastSTAR(Accelerator):
         return "mean" if self.cfg.update == "mean" else "sample"
 
     def observe(self, ctx: StepContext, out: StepOutput) -> None:
-        if self.cfg.update not in ("restore", "mean"):
-            return
-        st = ctx.step
-        if st.rep != self._runs_reps(ctx.schedule, st.scale) - 1 or not self._next_scale_pruned(ctx.schedule, st):
-            return
         h = out.hidden
-        if h is not None and h.shape[1] == st.scale.num_tokens:
-            self._prev.put(st.scale, h)
+        if (self.cfg.reuse_guidance and h is not None and h.shape[0] == 2 and h.shape[1] == ctx.num_tokens
+                and max(self.cfg.single_branch_last, self.cfg.single_branch_clip0) > 0):
+            self._guided = (ctx.scale.clip, ctx.scale.thw, h)
+        # keep the full last-block hidden states of the last step of a scale that produced them (ran or was
+        # filled), when a later step restores from or scores with them
+        h = out.hidden
+        if h is None or h.shape[1] != ctx.num_tokens or not self._hidden_needed_after(ctx.schedule, ctx.step):
+            return
+        self._prev.put(ctx.scale, h)
 
 
 class RandomPrune(FastSTAR):

@@ -88,7 +88,11 @@ def test_save_and_load_folder_then_cli(pipe, tmp_path, capsys):
     loaded = FastStarPipeline.from_pretrained(folder, device="cpu")
     a = pipe("waves on a beach", seed=1, progress=False)
     b = loaded("waves on a beach", seed=1, progress=False)
-    assert np.array_equal(a.frames, b.frames)
+    assert torch.equal(a.latent, b.latent)              # the generation is exact
+    # the VAE decode is float math whose rounding can depend on where a copy of the weights sits in memory
+    # (seen on some CPUs: 3e-6 between two instances of equal weights): a pixel may differ by one level
+    diff = np.abs(a.frames.astype(np.int16) - b.frames)
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.999
     # CLI generate
     out_file = tmp_path / "cli.mp4"
     rc = cli_main(["generate", "--model-dir", str(folder), "--prompt", "waves on a beach", "--seed", "1",

@@ -753,3 +753,20 @@ def test_reused_guidance_on_single_branch_steps(tiny):
     assert not torch.equal(out.latent, plain.latent)
     assert_same_as_dense(run(tiny, make_accelerator("faststar", "balanced", keep_ratios=1.0, reuse_guidance=True)),
                          dense)
+
+
+def test_single_branch_clip0_sets_clip0_apart(tiny):
+    """single_branch_clip0 = n: the last n scales of clip 0 run one guidance branch whatever single_branch_last says
+    for the video clips; -1 (default) follows single_branch_last; the FLOP plan agrees with the run."""
+    model, sched, text, _ = tiny
+    acc = make_accelerator("faststar", "balanced", keep_ratios=1.0, single_branch_last=0, single_branch_clip0=2)
+    out = run(tiny, acc)
+    one = {(r["clip"], r["scale"]) for r in out.stats if r["branches"] == 1}
+    clip0 = [s for s in sched.scales if s.clip == 0]
+    assert one == {(0, s.index) for s in clip0[-2:]}
+    fp = flop_plan(acc, schedule=sched, model_cfg=model.cfg, text_len=7)
+    assert fp["total"] == pytest.approx(sum(r["flops"] for r in out.stats) + fp["text"], rel=1e-9)
+    same = make_accelerator("faststar", "balanced", keep_ratios=1.0, single_branch_last=1)
+    assert all(same.budget(sched, st).branches == (1 if st.scale.index_in_clip == 4 else 2) for st in sched.steps)
+    with pytest.raises(ValueError, match="single_branch_clip0"):
+        make_accelerator("faststar", "balanced", single_branch_clip0=-2)

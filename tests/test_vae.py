@@ -205,3 +205,22 @@ def test_conv3d_cpu_path_matches_the_module():
         torch.testing.assert_close(conv3d(one, x), one(x), rtol=1e-5, atol=1e-5)
     y = conv3d(conv, x)                                     # with autograd: the module itself, differentiable
     assert y.requires_grad and torch.equal(y, conv(x))
+
+
+def test_half_decoder_keeps_the_latent_projection_and_decodes_close(tiny_vae):
+    """half_decoder_: only the decoder's weights go to bf16 (proj_up and the scale stay fp32, so a checkpoint's scale
+    is not rounded); decode then feeds the decoder in its dtype and returns the video close to the fp32 one;
+    inference_decode on the CPU is plain decode (fp32, default chunks)."""
+    import copy
+
+    from faststar.vae.model import inference_decode
+    z = torch.randn(1, 64, 5, 2, 3, generator=torch.Generator().manual_seed(4))
+    ref = tiny_vae.decode(z)
+    assert torch.equal(inference_decode(tiny_vae, z), ref)
+    half = copy.deepcopy(tiny_vae).half_decoder_()
+    assert half.decoder_dtype == torch.bfloat16 and tiny_vae.decoder_dtype == torch.float32
+    assert half.proj_up.weight.dtype == torch.float32 and half.scale_learnable_parameters.dtype == torch.float32
+    out = half.decode(z)
+    assert out.dtype == torch.bfloat16 and out.shape == ref.shape
+    rel = (out.float() - ref).norm() / ref.norm()
+    assert 0 < rel < 0.05, rel

@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--text-encoder", default=None,
                    help="override the text encoder: t5:<folder>, minilm, cached:<file.safetensors>")
     g.add_argument("--accel", default=None, help="dense, faststar, fastvar, stagevar, skip, random")
-    g.add_argument("--preset", default=None, help="accelerator preset, e.g. quality, balanced, fast")
+    g.add_argument("--preset", default=None, help="accelerator preset, e.g. quality, balanced, fast-hq, fast")
     g.add_argument("--save-masks", action="store_true", help="also write a video of the pruning masks")
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(fn=_cmd_generate)

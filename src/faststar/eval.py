@@ -31,7 +31,7 @@ STANDARD_METHODS = [
     "random:quality", "random:balanced", "random:fast-keep28", "random:fast-pruned", "random:prune-balanced",
     "random:prune-fast",
     "fastvar:hart", "fastvar:balanced", "fastvar:fast",
-    "stagevar:cfg0-last2", "stagevar:cfg0", "stagevar:original",
+    "stagevar:cfg0-last2", "stagevar:cfg0", "stagevar:original", "stagevar:cfg0-video", "stagevar:original-video",
     "skip:last1", "skip:last2", "skip:last3",
 ]
 QUICK_METHODS = ["faststar:balanced", "faststar:fast", "random:balanced", "skip:last1"]

@@ -93,6 +93,9 @@ PRESETS: dict[str, dict[str, dict]] = {
         # single-branch guidance only (the part that is orthogonal to pruning)
         "cfg0":     dict(single_branch_last=3, low_rank_last=0),
         "cfg0-last2": dict(single_branch_last=2, low_rank_last=0),
+        # the same with clip 0 (the first frame) left guided: single-branch in the video clips only
+        "original-video": dict(single_branch_last=3, low_rank_last=1, rank_ratio=0.1, clip0=False),
+        "cfg0-video": dict(single_branch_last=3, low_rank_last=0, clip0=False),
     },
     "skip": {
         "last1": dict(last_n=1),

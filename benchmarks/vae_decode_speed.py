@@ -17,8 +17,8 @@ A variant is a '+'-joined set of features (``baseline`` is the empty set):
     fp32      fp32 weights and activations, no autocast (convs in TF32, PyTorch's default): the accuracy yardstick
     cudnn     torch.backends.cudnn.benchmark = True (set before the warm-up)
     bf16      the whole VAE cast to bf16 and the latent in bf16, no autocast
-    bf16dec   only the decoder in bf16; scale and proj_up stay fp32 on an fp32 latent, and a forward pre-hook
-              casts the decoder's input to bf16 (what decode() would do if it cast s to the decoder's dtype)
+    bf16dec   only the decoder in bf16 (VideoVAE.half_decoder_: scale and proj_up stay fp32 on an fp32 latent,
+              decode() casts the decoder's input to its dtype): what the pipeline does on CUDA
     cl        channels_last_3d: the 5-D conv weights, the latent and each decoder input chunk
     chunk4    chunk_plan = decode_chunk_plan(T', 4) (the default plan is decode_chunk 2)
     chunk6    chunk_plan = decode_chunk_plan(T', 6)
@@ -55,8 +55,9 @@ from pathlib import Path
 
 import torch
 
-from faststar.bench import _git_commit, random_init_
+from faststar.bench import _git_commit, build_random_vae
 from faststar.io import to_uint8
+from faststar.metrics import psnr
 from faststar.vae.model import VideoVAE, decode_chunk_plan, vae_config
 
 LATENT_SHAPES = {"720p": (1, 64, 21, 45, 80), "480p": (1, 64, 21, 30, 53)}
@@ -110,24 +111,14 @@ def choose_best(runs: list[dict], min_gain: float) -> tuple[set, dict]:
     return chosen, {f: round(g, 4) for f, g in gains.items()}
 
 
-def build_vae(cfg, dev: torch.device, seed: int) -> VideoVAE:
-    """As faststar.bench.run_bench builds it: on the meta device, materialised on dev, random_init_."""
-    with torch.device("meta"):
-        vae = VideoVAE(cfg)
-    vae.to_empty(device=dev)
-    random_init_(vae, seed)
-    return vae.eval().requires_grad_(False)
-
-
 def prepare(vae: VideoVAE, latent: torch.Tensor, features: set) -> tuple[torch.Tensor, bool]:
     """Apply the features to a fresh VAE; returns the latent to decode and whether to run under autocast."""
-    decoder_dtype, decoder_format = None, None
+    decoder_format = None
     if "bf16" in features:
         vae.to(torch.bfloat16)
         latent = latent.to(torch.bfloat16)
     if "bf16dec" in features:
-        vae.decoder.to(torch.bfloat16)
-        decoder_dtype = torch.bfloat16
+        vae.half_decoder_()                    # decode() feeds the decoder in its dtype
     if "cl" in features:
         # not vae.to(memory_format=...): it also converts the 4-D RMSNorm gammas [C, 1, 1, 1] and fails
         # ("required rank 5 tensor to use channels_last_3d format")
@@ -136,14 +127,9 @@ def prepare(vae: VideoVAE, latent: torch.Tensor, features: set) -> tuple[torch.T
                 p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
         latent = latent.contiguous(memory_format=torch.channels_last_3d)
         decoder_format = torch.channels_last_3d
-    if decoder_dtype is not None or decoder_format is not None:
+    if decoder_format is not None:
         def convert_input(module, args):
-            s = args[0]
-            if decoder_dtype is not None:
-                s = s.to(decoder_dtype)
-            if decoder_format is not None:
-                s = s.contiguous(memory_format=decoder_format)
-            return (s, *args[1:])
+            return (args[0].contiguous(memory_format=decoder_format), *args[1:])
         vae.decoder.register_forward_pre_hook(convert_input)
     if "compile" in features:
         vae.decoder.compile(dynamic=False)
@@ -169,11 +155,6 @@ def timed_decode(vae, latent, plan, autocast: bool) -> tuple[torch.Tensor, float
     return video, time.perf_counter() - t0
 
 
-def psnr_u8(a_u8: torch.Tensor, b_u8: torch.Tensor) -> float:
-    mse = (a_u8.float() - b_u8.float()).pow(2).mean().item()
-    return math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)
-
-
 def compare(video: torch.Tensor, ref: dict) -> dict:
     """Difference of a decoded video from the baseline's over the whole video."""
     if tuple(video.shape) != ref["shape"]:
@@ -186,7 +167,7 @@ def compare(video: torch.Tensor, ref: dict) -> dict:
     del v, r, d
     u8 = torch.from_numpy(to_uint8(video)).to(dev)
     ref_u8 = torch.from_numpy(ref["u8"]).to(dev)
-    out.update(psnr_u8=psnr_u8(u8, ref_u8), u8_frac_differ=(u8 != ref_u8).float().mean().item(),
+    out.update(psnr_u8=psnr(u8, ref_u8), u8_frac_differ=(u8 != ref_u8).float().mean().item(),
                u8_max_diff=int((u8.int() - ref_u8.int()).abs().max().item()))
     return out
 
@@ -199,7 +180,7 @@ def run_variant(cfg, dev, latent0, features: set, *, seed: int, reps: int,
     vae = video = None
     try:
         torch.backends.cudnn.benchmark = "cudnn" in features
-        vae = build_vae(cfg, dev, seed)
+        vae = build_random_vae(dev, seed, cfg)
         latent, autocast = prepare(vae, latent0, features)
         chunk = next((CHUNKS[f] for f in features if f in CHUNKS), None)
         plan = decode_chunk_plan(latent.shape[2], chunk) if chunk else None

@@ -55,6 +55,17 @@ def build_random_transformer(preset: str = "infinitystar-8b", device="cuda", dty
     return model
 
 
+def build_random_vae(dev, seed: int, cfg=None):
+    """The video VAE (release widths unless ``cfg``) built on the meta device, materialised on ``dev`` and filled by
+    ``random_init_``: timing does not depend on the weights' values."""
+    from .vae.model import VideoVAE, vae_config
+    with torch.device("meta"):
+        vae = VideoVAE(cfg if cfg is not None else vae_config("infinitystar"))
+    vae.to_empty(device=dev)
+    random_init_(vae, seed)
+    return vae.eval().requires_grad_(False)
+
+
 def _git_commit() -> str:
     import os
     if os.environ.get("FASTSTAR_COMMIT"):
@@ -142,12 +153,7 @@ def run_bench(resolutions=("720p", "480p"), duration: int = 5, methods=("dense",
         f"attention backend {model.attn_backend}, compiled kernels {compile}, CUDA graphs {graphs}")
     vae = None
     if with_vae:
-        from .vae.model import VideoVAE, vae_config
-        with torch.device("meta"):
-            vae = VideoVAE(vae_config("infinitystar"))
-        vae.to_empty(device=dev)
-        random_init_(vae, seed)
-        vae.eval().requires_grad_(False).half_decoder_()     # as the pipeline decodes on a GPU
+        vae = build_random_vae(dev, seed).half_decoder_()     # as the pipeline decodes on a GPU
     gen = torch.Generator(device=dev).manual_seed(seed)
     text = torch.randn(text_len, model.cfg.text_channels, device=dev, generator=gen)
     report = dict(gpu=torch.cuda.get_device_name(dev), torch=torch.__version__, python=platform.python_version(),

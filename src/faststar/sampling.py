@@ -83,7 +83,12 @@ def expected_codes(logits_N2d: torch.Tensor) -> torch.Tensor:
     1 - m^2, the least of any fixed value; an independent second sample b' misses by E[(b - b')^2] = 2 (1 - m^2),
     a zero code (Partial Update, skipping) by E[b^2] = 1.
     """
+    m = bit_means(logits_N2d)
+    return m / (m.shape[-1] ** 0.5)
+
+
+def bit_means(logits_N2d: torch.Tensor) -> torch.Tensor:
+    """Per bit, the mean of its +-1 value under the 2-way softmax: m = 2 p(1) - 1, float32 [N, d]."""
     N = logits_N2d.shape[0]
     pair = logits_N2d.float().view(N, -1, 2)
-    m = torch.tanh(0.5 * (pair[..., 1] - pair[..., 0]))          # 2 sigmoid(x) - 1
-    return m / (m.shape[-1] ** 0.5)
+    return torch.tanh(0.5 * (pair[..., 1] - pair[..., 0]))          # 2 sigmoid(x) - 1

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from ..sampling import bit_means, guide
 from ..schedule import Scale, Schedule, Step
 from ..vae.quant import area_down
 from .base import Accelerator, StepBudget, StepContext, StepOutput, StepPlan
@@ -102,10 +103,7 @@ def bit_confidence(logits_N2d: torch.Tensor) -> torch.Tensor:
     flip, 1 = every bit certain). 1 - m^2 is the expected squared error, in units of 1/d, of a bit filled with its
     mean code when the distribution is right: the "confidence" spatial score ranks tokens by how little a
     coarse-scale prediction leaves to decide."""
-    N = logits_N2d.shape[0]
-    pair = logits_N2d.float().view(N, -1, 2)
-    m = torch.tanh(0.5 * (pair[..., 1] - pair[..., 0]))
-    return m.pow(2).mean(-1)
+    return bit_means(logits_N2d).pow(2).mean(-1)
 
 
 def normalize(v: torch.Tensor, mode: str = "rank", eps: float = 1e-12) -> torch.Tensor:
@@ -457,6 +455,7 @@ class FastSTAR(Accelerator):
         self._probe: dict = {}         # (clip, index_in_clip) -> hidden after probe_layer blocks, all tokens
         self._prev = PrevScaleHidden()  # previous scale's full last-block hidden (restore)
         self._guided = None             # (clip, thw, h [2, N, C]) of the clip's last step that ran both branches
+        self._resized = None            # (step index, (thw, h)): previous-scale states resized by this step's score
 
     def _validate(self, cfg):
         if cfg.spatial == "off" and cfg.temporal == "off":
@@ -475,6 +474,7 @@ class FastSTAR(Accelerator):
         self._probe = {}
         self._prev.clear()
         self._guided = None
+        self._resized = None
 
     def describe(self) -> dict:
         return {"method": self.name, "preset": self.preset, **asdict(self.cfg)}
@@ -574,8 +574,8 @@ class FastSTAR(Accelerator):
         nxt = schedule.steps[schedule.scales[s.index + 1].first_step]
         if self._skipped(schedule, nxt):
             return self._filled(schedule, nxt) and self._fill_mode(schedule, nxt)[1] == "previous"
-        return self._pruned_tokens(schedule, nxt) is not None and (c.update in ("restore", "mean")
-                                                                   or c.spatial == "confidence")
+        return self._next_scale_pruned(schedule, step) and (c.update in ("restore", "mean")
+                                                             or c.spatial == "confidence")
 
     # -- plan -----------------------------------------------------------------------------------------------
     def plan(self, ctx: StepContext) -> StepPlan:
@@ -591,7 +591,6 @@ class FastSTAR(Accelerator):
 
     def _guidance_delta(self, ctx: StepContext, g) -> torch.Tensor:
         """guided - cond logits of the cached two-branch hidden states, resized to this grid, through its head."""
-        from ..sampling import guide
         _, thw, h = self._guided
         s = ctx.scale
         lg = ctx.model.logits(resize_tokens(h, thw, s.thw, "trilinear"), s.bits)     # [2, N, 2d]
@@ -653,8 +652,11 @@ class FastSTAR(Accelerator):
         if c.spatial == "confidence":
             prev = self._prev.previous(s)
             if prev is not None:
-                g = resize_tokens(prev[1][:1], prev[0], s.thw, "trilinear")
-                s_sp = bit_confidence(ctx.model.logits(g, s.bits)[0])
+                # the restore of this step needs every row resized: do it once and hand it over
+                rows = prev[1] if c.update in ("restore", "mean") else prev[1][:1]
+                g = resize_tokens(rows, prev[0], s.thw, "trilinear")
+                self._resized = (ctx.step.index, (s.thw, g))
+                s_sp = bit_confidence(ctx.model.logits(g[:1], s.bits)[0])
             else:
                 info["spatial_fallback"] = "no previous-scale hidden states: canvas score"
         elif c.spatial == "hidden" and h_BNC is not None:
@@ -707,7 +709,9 @@ class FastSTAR(Accelerator):
 
     # -- restore --------------------------------------------------------------------------------------------
     def _restore(self, h_kept: torch.Tensor, keep: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        return self._prev.fill(h_kept, keep, ctx.scale, "trilinear")
+        cached = self._resized
+        src = cached[1] if cached is not None and cached[0] == ctx.step.index else None   # resized by the score
+        return self._prev.fill(h_kept, keep, ctx.scale, "trilinear", source=src)
 
     @property
     def _restored_codes(self) -> str:
@@ -715,15 +719,15 @@ class FastSTAR(Accelerator):
 
     def observe(self, ctx: StepContext, out: StepOutput) -> None:
         h = out.hidden
-        if (self.cfg.reuse_guidance and h is not None and h.shape[0] == 2 and h.shape[1] == ctx.num_tokens
+        if h is None or h.shape[1] != ctx.num_tokens:
+            return
+        if (self.cfg.reuse_guidance and h.shape[0] == 2
                 and max(self.cfg.single_branch_last, self.cfg.single_branch_clip0) > 0):
             self._guided = (ctx.scale.clip, ctx.scale.thw, h)
         # keep the full last-block hidden states of the last step of a scale that produced them (ran or was
         # filled), when a later step restores from or scores with them
-        h = out.hidden
-        if h is None or h.shape[1] != ctx.num_tokens or not self._hidden_needed_after(ctx.schedule, ctx.step):
-            return
-        self._prev.put(ctx.scale, h)
+        if self._hidden_needed_after(ctx.schedule, ctx.step):
+            self._prev.put(ctx.scale, h)
 
 
 class RandomPrune(FastSTAR):

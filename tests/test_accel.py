@@ -59,9 +59,10 @@ def assert_same_as_dense(out, dense):
 
 # ---------------------------------------------------------------------------------------------- (1) off = dense
 @pytest.mark.parametrize("method,kw", [
-    ("faststar", dict(keep_ratios=1.0)),
-    ("faststar", dict(keep_ratios=1.0, spatial="hidden", update="restore")),
-    ("random", dict(keep_ratios=1.0)),
+    ("faststar", dict(keep_ratios=1.0, single_branch_last=0)),        # the default preset also has single-branch
+    ("faststar", dict(keep_ratios=1.0, single_branch_last=0, spatial="hidden", update="restore")),
+    ("faststar", dict(preset="guided-balanced", keep_ratios=1.0)),
+    ("random", dict(keep_ratios=1.0, single_branch_last=0)),
     ("fastvar", dict(keep_ratios=1.0, prune_layer=1)),
     ("stagevar", dict(single_branch_last=0, low_rank_last=0)),
     ("skip", dict(last_n=0)),
@@ -322,11 +323,11 @@ def test_stagevar_single_branch_and_low_rank(tiny):
 
 def test_random_is_seeded_and_differs_from_faststar(tiny):
     state = torch.get_rng_state()
-    a = run(tiny, make_accelerator("random", "balanced"))
+    a = run(tiny, make_accelerator("random", "guided-balanced"))
     assert torch.equal(torch.get_rng_state(), state)             # own generator: global stream untouched
-    b = run(tiny, make_accelerator("random", "balanced"))
-    c = run(tiny, make_accelerator("random", "balanced", seed_offset=1))
-    f = run(tiny, make_accelerator("faststar", "balanced"))
+    b = run(tiny, make_accelerator("random", "guided-balanced"))
+    c = run(tiny, make_accelerator("random", "guided-balanced", seed_offset=1))
+    f = run(tiny, make_accelerator("faststar", "guided-balanced"))
     pruned = [i for i, m in enumerate(a.masks) if m is not None]
     assert pruned == [i for i, m in enumerate(f.masks) if m is not None]
     assert torch.equal(a.latent, b.latent) and all(torch.equal(a.masks[i], b.masks[i]) for i in pruned)
@@ -407,7 +408,7 @@ def test_restore_fills_hidden_for_all_positions(tiny):
 def test_presets_flop_savings_at_8b_720p():
     sched = official_schedule("720p", 5)
     saved = {p: flop_plan("faststar", p, sched, "infinitystar-8b")["saved"] for p in PRESETS["faststar"]}
-    assert 0.35 <= saved["quality"] <= 0.45 and saved["balanced"] >= 0.50 and saved["fast"] >= 0.72
+    assert 0.40 <= saved["quality"] <= 0.50 and saved["balanced"] >= 0.60 and saved["fast"] >= 0.78
     assert flop_plan("dense", schedule=sched)["saved"] == 0.0
     for m, table in PRESETS.items():
         for p in table:
@@ -433,24 +434,24 @@ def test_mask_video_overlay(tiny):
 # ---------------------------------------------------------------------------------------------- keep ratio 0, mean
 def test_keep_ratio_zero_skips_the_scale_like_skip(tiny):
     """keep ratio 0 on the last scale = that step does not run: bit-identical to skip:last1, and accounted so."""
-    out = run(tiny, make_accelerator("faststar", "balanced", keep_ratios=(0.0, 1.0, 1.0)))
+    out = run(tiny, make_accelerator("faststar", "guided-balanced", keep_ratios=(0.0, 1.0, 1.0)))
     ref = run(tiny, make_accelerator("skip", "last1"))
     assert torch.equal(out.latent, ref.latent)
     skipped = [r for r in out.stats if r["tokens_run"] == 0 and not r["teacher_forced"]]
     assert skipped and all(r["flops"] == 0.0 for r in skipped)
     assert [r["step"] for r in skipped] == [r["step"] for r in ref.stats if r["tokens_run"] == 0]
-    fp = flop_plan("faststar", "balanced", schedule=tiny[1], model_cfg=tiny[0].cfg, text_len=7,
+    fp = flop_plan("faststar", "guided-balanced", schedule=tiny[1], model_cfg=tiny[0].cfg, text_len=7,
                    keep_ratios=(0.0, 1.0, 1.0))
     assert fp["total"] == pytest.approx(sum(r["flops"] for r in out.stats) + fp["text"], rel=1e-9)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        make_accelerator("faststar", "balanced", keep_ratios=(-0.1, 1.0))
+        make_accelerator("faststar", "guided-balanced", keep_ratios=(-0.1, 1.0))
 
 
 def test_max_reps_drops_later_repetitions_of_prunable_scales(tiny):
     """max_reps=1: only the first repetition of each prunable scale runs (the others are accounted as not run);
     restore then fills from the repetition that ran; a step a later clip attends to always runs."""
     model, sched, text, _ = tiny
-    acc = make_accelerator("faststar", "balanced", keep_ratios=(0.5, 1.0), update="restore", max_reps=1)
+    acc = make_accelerator("faststar", "guided-balanced", keep_ratios=(0.5, 1.0), update="restore", max_reps=1)
     out = run(tiny, acc)
     prunable = {sc.index for sc in sched.scales if sc.clip > 0 and acc.keep_ratio(sched, sched.steps[sc.first_step])
                 is not None}
@@ -461,16 +462,16 @@ def test_max_reps_drops_later_repetitions_of_prunable_scales(tiny):
     assert not any(r.get("restore_fallback") for r in out.stats)
     fp = flop_plan(acc, schedule=sched, model_cfg=model.cfg, text_len=7)
     assert fp["total"] == pytest.approx(sum(r["flops"] for r in out.stats) + fp["text"], rel=1e-9)
-    assert torch.equal(run(tiny, make_accelerator("faststar", "balanced", keep_ratios=(0.5, 1.0), update="restore",
+    assert torch.equal(run(tiny, make_accelerator("faststar", "guided-balanced", keep_ratios=(0.5, 1.0), update="restore",
                                                   max_reps=1)).latent, out.latent)        # same seed, same video
     # the referenced step of a 2-repetition last scale keeps both repetitions; the last clip's drops one
     sched2 = build_schedule([(1, 1), (2, 2), (3, 4), (4, 6), (6, 8)], [1, 3, 3], image_reps=[1] * 5,
                             video_reps=[1, 1, 1, 1, 2], semantic_scales=3, name="accel-tiny-reps")
-    acc2 = make_accelerator("faststar", "balanced", keep_ratios=(1.0, 1.0), max_reps=1, last_k=1)
+    acc2 = make_accelerator("faststar", "guided-balanced", keep_ratios=(1.0, 1.0), max_reps=1, last_k=1)
     ran = [acc2.budget(sched2, st).run for st in sched2.steps if st.scale.index_in_clip == 4]
     assert ran == [True, True, True, True, False]    # clip 0 (1 rep, not prunable), 1 (2, referenced), 2 (2)
     with pytest.raises(ValueError, match="max_reps"):
-        make_accelerator("faststar", "balanced", max_reps=-1)
+        make_accelerator("faststar", "guided-balanced", max_reps=-1)
 
 
 def test_mean_update_gives_pruned_positions_the_expected_code(tiny):
@@ -478,7 +479,7 @@ def test_mean_update_gives_pruned_positions_the_expected_code(tiny):
     model, sched, _, dense = tiny
     logs = {}
     for upd in ("restore", "mean"):
-        acc = make_accelerator("faststar", "balanced", update=upd)
+        acc = make_accelerator("faststar", "guided-balanced", update=upd)
         logs[upd] = recording(acc)
         run(tiny, acc)
     i = next(k for k, (_, _, o) in enumerate(logs["mean"]) if o.keep_idx is not None)   # first pruned step
@@ -495,7 +496,7 @@ def test_mean_update_gives_pruned_positions_the_expected_code(tiny):
     torch.testing.assert_close(cm[~kept], expected_codes(guided)[~kept], rtol=0, atol=1e-6)
     assert (cm[~kept].abs() < 1 / math.sqrt(d)).all() and (cr[~kept].abs() == 1 / math.sqrt(d)).all()
     # ratio 1 with update=mean runs nothing pruned: bit-identical to dense
-    assert_same_as_dense(run(tiny, make_accelerator("faststar", "balanced", update="mean", keep_ratios=1.0)), dense)
+    assert_same_as_dense(run(tiny, make_accelerator("faststar", "guided-balanced", update="mean", keep_ratios=1.0)), dense)
 
 
 def test_expected_codes_minimise_squared_error():
@@ -528,14 +529,14 @@ def test_anchored_selection_mixes_random_context_with_top_scores():
     others = sorted(set(range(100)) - anchors)
     assert rest == others[-len(rest):]                            # the rest: the best of the non-anchors
     with pytest.raises(ValueError, match="anchors"):
-        make_accelerator("faststar", "balanced", anchors=1.5)
+        make_accelerator("faststar", "guided-balanced", anchors=1.5)
     with pytest.raises(ValueError, match="set one of them"):
-        make_accelerator("faststar", "balanced", anchors=0.5, block=4)
+        make_accelerator("faststar", "guided-balanced", anchors=0.5, block=4)
 
 
 def test_a_single_keep_ratio_or_anchor_share_applies_to_every_prunable_scale():
     sched = official_schedule("720p", 5)
-    acc = make_accelerator("faststar", "balanced", keep_ratios=0.5, last_k=3, anchors=(0.0, 1.0))
+    acc = make_accelerator("faststar", "guided-balanced", keep_ratios=0.5, last_k=3, anchors=(0.0, 1.0))
     video = [st for st in sched.steps if st.scale.clip == 1]
     assert [acc.keep_ratio(sched, st) for st in video][-5:] == [None, 0.5, 0.5, 0.5, 0.5]   # 24x43 has 2 reps
     from faststar.accel.faststar import per_scale
@@ -544,13 +545,13 @@ def test_a_single_keep_ratio_or_anchor_share_applies_to_every_prunable_scale():
 
 
 def test_anchored_pruning_runs_the_planned_tokens_reproducibly(tiny):
-    acc = lambda: make_accelerator("faststar", "balanced", keep_ratios=(0.3, 0.6), update="restore",  # noqa: E731
+    acc = lambda: make_accelerator("faststar", "guided-balanced", keep_ratios=(0.3, 0.6), update="restore",  # noqa: E731
                                    anchors=0.5)
     a, b = run(tiny, acc()), run(tiny, acc())
     assert torch.equal(a.latent, b.latent)
     fp = flop_plan(acc(), schedule=tiny[1], model_cfg=tiny[0].cfg, text_len=7)
     assert [r["tokens_run"] for r in a.stats] == [r["tokens_run"] for r in fp["steps"]]
-    assert not torch.equal(a.latent, run(tiny, make_accelerator("faststar", "balanced", keep_ratios=(0.3, 0.6),
+    assert not torch.equal(a.latent, run(tiny, make_accelerator("faststar", "guided-balanced", keep_ratios=(0.3, 0.6),
                                                                 update="restore")).latent)
 
 
@@ -583,7 +584,7 @@ def test_block_option_keeps_the_same_budget(tiny):
     assert [r["tokens_run"] for r in spread.stats] == [r["tokens_run"] for r in plain.stats]
     assert any(a is not None and not torch.equal(a, b) for a, b in zip(spread.masks, plain.masks))
     with pytest.raises(ValueError, match="block"):
-        make_accelerator("faststar", "balanced", block=-1)
+        make_accelerator("faststar", "guided-balanced", block=-1)
 
 
 def test_mask_video_shows_the_last_scale_that_ran(tiny):
@@ -609,7 +610,7 @@ def test_spec_from_record_rebuilds_every_preset_exactly():
             again = accelerator_from_spec(spec_from_record(rec)).describe()
             rec.pop("preset"), again.pop("preset")
             assert again == rec, (method, preset, spec_from_record(rec))
-    old = make_accelerator("faststar", "quality", keep_ratios=(0.5,)).describe()     # a 1-ratio tuple stays one
+    old = make_accelerator("faststar", "guided-quality", keep_ratios=(0.5,)).describe()     # a 1-ratio tuple stays one
     del old["max_reps"], old["anchors"]                                             # a record from before those knobs
     acc = accelerator_from_spec(spec_from_record(old))
     assert acc.cfg.keep_ratios == (0.5,) and acc.cfg.max_reps == 0 and acc.cfg.anchors == 0.0
@@ -640,9 +641,9 @@ def test_skipped_scale_filled_from_the_previous_scale(tiny):
     from faststar.vae.quant import bits_to_codes
     model, sched, text, _ = tiny
     kw = dict(keep_ratios=(0.0, 1.0, 1.0), update="restore")
-    zero = run(tiny, make_accelerator("faststar", "balanced", **kw))
+    zero = run(tiny, make_accelerator("faststar", "guided-balanced", **kw))
     for fill in ("restore", "mean"):
-        acc = make_accelerator("faststar", "balanced", skipped=fill, **kw)
+        acc = make_accelerator("faststar", "guided-balanced", skipped=fill, **kw)
         log = recording(acc)
         out = run(tiny, acc)
         filled = [i for i, r in enumerate(out.stats) if r.get("filled") == fill]
@@ -669,10 +670,10 @@ def test_skipped_scale_filled_from_the_previous_scale(tiny):
         assert not torch.equal(out.latent, zero.latent)
         fp = flop_plan(acc, schedule=sched, model_cfg=model.cfg, text_len=7)
         assert fp["total"] == pytest.approx(sum(r["flops"] for r in out.stats) + fp["text"], rel=1e-9)
-        assert torch.equal(run(tiny, make_accelerator("faststar", "balanced", skipped=fill, **kw)).latent,
+        assert torch.equal(run(tiny, make_accelerator("faststar", "guided-balanced", skipped=fill, **kw)).latent,
                            out.latent)                                         # same seed, same video
     with pytest.raises(ValueError, match="skipped"):
-        make_accelerator("faststar", "balanced", skipped="restored")
+        make_accelerator("faststar", "guided-balanced", skipped="restored")
 
 
 def test_dropped_repetitions_filled_from_the_repetition_that_ran(tiny):
@@ -680,10 +681,10 @@ def test_dropped_repetitions_filled_from_the_repetition_that_ran(tiny):
     hidden states of the scale's repetition that ran (its own uniforms); the zero fill keeps today's result."""
     model, sched, text, _ = tiny
     kw = dict(keep_ratios=(0.5, 1.0), update="restore", max_reps=1)
-    zero = run(tiny, make_accelerator("faststar", "balanced", **kw))
-    assert torch.equal(run(tiny, make_accelerator("faststar", "balanced", skipped_reps="zero", **kw)).latent,
+    zero = run(tiny, make_accelerator("faststar", "guided-balanced", **kw))
+    assert torch.equal(run(tiny, make_accelerator("faststar", "guided-balanced", skipped_reps="zero", **kw)).latent,
                        zero.latent)
-    acc = make_accelerator("faststar", "balanced", skipped_reps="restore", **kw)
+    acc = make_accelerator("faststar", "guided-balanced", skipped_reps="restore", **kw)
     log = recording(acc)
     out = run(tiny, acc)
     filled = [i for i, r in enumerate(out.stats) if r.get("filled")]
@@ -751,7 +752,7 @@ def test_reused_guidance_on_single_branch_steps(tiny):
         bits = sample_bits(expect, step_uniforms(SEED, st.index, N, d, "cpu"))
         assert (bits == out.bits[i].reshape(N, d)).float().mean() > 0.999       # float rounding of the sum only
     assert not torch.equal(out.latent, plain.latent)
-    assert_same_as_dense(run(tiny, make_accelerator("faststar", "balanced", keep_ratios=1.0, reuse_guidance=True)),
+    assert_same_as_dense(run(tiny, make_accelerator("faststar", "guided-balanced", keep_ratios=1.0, reuse_guidance=True)),
                          dense)
 
 
@@ -759,14 +760,14 @@ def test_single_branch_clip0_sets_clip0_apart(tiny):
     """single_branch_clip0 = n: the last n scales of clip 0 run one guidance branch whatever single_branch_last says
     for the video clips; -1 (default) follows single_branch_last; the FLOP plan agrees with the run."""
     model, sched, text, _ = tiny
-    acc = make_accelerator("faststar", "balanced", keep_ratios=1.0, single_branch_last=0, single_branch_clip0=2)
+    acc = make_accelerator("faststar", "guided-balanced", keep_ratios=1.0, single_branch_last=0, single_branch_clip0=2)
     out = run(tiny, acc)
     one = {(r["clip"], r["scale"]) for r in out.stats if r["branches"] == 1}
     clip0 = [s for s in sched.scales if s.clip == 0]
     assert one == {(0, s.index) for s in clip0[-2:]}
     fp = flop_plan(acc, schedule=sched, model_cfg=model.cfg, text_len=7)
     assert fp["total"] == pytest.approx(sum(r["flops"] for r in out.stats) + fp["text"], rel=1e-9)
-    same = make_accelerator("faststar", "balanced", keep_ratios=1.0, single_branch_last=1)
+    same = make_accelerator("faststar", "guided-balanced", keep_ratios=1.0, single_branch_last=1)
     assert all(same.budget(sched, st).branches == (1 if st.scale.index_in_clip == 4 else 2) for st in sched.steps)
     with pytest.raises(ValueError, match="single_branch_clip0"):
-        make_accelerator("faststar", "balanced", single_branch_clip0=-2)
+        make_accelerator("faststar", "guided-balanced", single_branch_clip0=-2)

@@ -49,11 +49,18 @@ import copy
 PRESETS: dict[str, dict[str, dict]] = {
     # method     preset       knobs                                   keep ratios from the last scale backwards
     "faststar": {
-        "quality":  dict(keep_ratios=(0.25, 1.0, 1.0), update="restore"),
-        "balanced": dict(keep_ratios=(0.0, 0.4, 1.0), update="restore"),          # last scale not run
-        "fast-hq":  dict(keep_ratios=(0.0, 0.0, 1.0, 1.0), last_k=4, max_reps=1, update="restore"),
-        "fast":     dict(keep_ratios=(0.0, 0.0, 1.0, 1.0), last_k=4, max_reps=1, single_branch_last=3,
-                         update="restore"),                                      # last two scales not run
+        # single-branch guidance on the video clips' late scales, clip 0 (the first frame) guided throughout
+        "quality":  dict(keep_ratios=(0.8, 1.0, 1.0), update="restore", single_branch_last=3, single_branch_clip0=0),
+        "balanced": dict(keep_ratios=(0.0, 0.4, 1.0), update="restore", single_branch_last=3,   # last scale not run
+                         single_branch_clip0=0),
+        "fast-hq":  dict(keep_ratios=(0.0, 0.6, 1.0, 1.0), last_k=4, max_reps=1, update="restore",
+                         single_branch_last=5, single_branch_clip0=0),
+        "fast":     dict(keep_ratios=(0.0, 0.2, 1.0, 1.0), last_k=4, max_reps=1, update="restore",
+                         single_branch_last=5, single_branch_clip0=0),
+        # the same pruning with two-branch guidance everywhere: the presets of 2026-12-02 before video single-branch
+        "guided-quality":  dict(keep_ratios=(0.25, 1.0, 1.0), update="restore"),
+        "guided-balanced": dict(keep_ratios=(0.0, 0.4, 1.0), update="restore"),
+        "guided-fast":     dict(keep_ratios=(0.0, 0.0, 1.0, 1.0), last_k=4, max_reps=1, update="restore"),
         "fast-keep28": dict(keep_ratios=(0.0, 0.2, 1.0, 1.0, 1.0, 1.0), last_k=6, max_reps=1, single_branch_last=2,
                             update="restore"),
         "fast-pruned": dict(keep_ratios=(0.1, 0.25, 0.5, 0.8), last_k=4, single_branch_last=4, update="restore"),
@@ -64,19 +71,6 @@ PRESETS: dict[str, dict[str, dict]] = {
         "partial-quality":  dict(keep_ratios=(0.5, 0.8, 1.0)),
         "partial-balanced": dict(keep_ratios=(0.3, 0.55, 0.8)),
         "partial-fast":     dict(keep_ratios=(0.12, 0.25, 0.35, 0.5), last_k=4),
-    },
-    # the control: uniformly random kept sets at exactly FastSTAR's preset ratios and update
-    "random": {
-        "quality":  dict(keep_ratios=(0.25, 1.0, 1.0), update="restore"),
-        "balanced": dict(keep_ratios=(0.0, 0.4, 1.0), update="restore"),
-        "fast-hq":  dict(keep_ratios=(0.0, 0.0, 1.0, 1.0), last_k=4, max_reps=1, update="restore"),
-        "fast":     dict(keep_ratios=(0.0, 0.0, 1.0, 1.0), last_k=4, max_reps=1, single_branch_last=3,
-                         update="restore"),
-        "fast-keep28": dict(keep_ratios=(0.0, 0.2, 1.0, 1.0, 1.0, 1.0), last_k=6, max_reps=1, single_branch_last=2,
-                            update="restore"),
-        "fast-pruned": dict(keep_ratios=(0.1, 0.25, 0.5, 0.8), last_k=4, single_branch_last=4, update="restore"),
-        "prune-balanced": dict(keep_ratios=(0.2, 0.5, 1.0), update="restore"),
-        "prune-fast":     dict(keep_ratios=(0.12, 0.25, 0.35, 0.5), last_k=4, update="restore"),
     },
     "fastvar": {
         # FastSTAR's token budget with FastVAR's score, prune layer (3/32 of depth) and restoration
@@ -103,6 +97,9 @@ PRESETS: dict[str, dict[str, dict]] = {
         "last3": dict(last_n=3),
     },
 }
+
+# the control: uniformly random kept sets at exactly FastSTAR's preset ratios, update and guidance
+PRESETS["random"] = {name: dict(knobs) for name, knobs in PRESETS["faststar"].items() if not name.startswith("partial-")}
 
 DEFAULT_PRESET = {"faststar": "balanced", "random": "balanced", "fastvar": "balanced", "stagevar": "original",
                   "skip": "last1"}

@@ -49,3 +49,20 @@ def test_plan_kinds_decide_which_methods_need_a_warm_up():
     assert kinds("stagevar:cfg0") == {"dense", "single-branch"}
     assert kinds("faststar:guided-balanced+single_branch_last=2") == {"dense", "single-branch", "pruned+single-branch"}
     assert kinds("faststar:balanced") == {"dense", "single-branch", "pruned+single-branch"}
+
+
+def test_paired_vs_random_counts_per_video_wins():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "paired_vs_random.py"
+    spec = importlib.util.spec_from_file_location("paired_vs_random", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = [dict(method=m, prompt=p, seed=s, psnr=v) for m, p, s, v in [
+        ("faststar:quality", "a", 0, 30.0), ("faststar:quality", "b", 0, 25.0), ("faststar:quality", "a", 1, 28.0),
+        ("random:quality", "a", 0, 29.0), ("random:quality", "b", 0, 26.0), ("random:quality", "a", 1, 27.5),
+        ("faststar:fast", "a", 0, 20.0), ("skip:last1", "a", 0, 31.0)]]
+    out = mod.paired(dict(rows=rows))
+    assert len(out) == 1 and out[0]["method"] == "faststar:quality"        # faststar:fast has no random pair
+    assert out[0]["videos"] == 3 and out[0]["wins"] == 2
+    assert out[0]["mean_diff_db"] == pytest.approx((1.0 - 1.0 + 0.5) / 3)

@@ -5,41 +5,50 @@ Keep ratios are listed per prunable scale counted from the clip's LAST scale: (l
 latent frames in a video clip), the fourth is the last semantic scale 18x32; at 480p they are 30x53, 24x43, 18x32
 (all detail), then 12x21. Clip 0 (the first frame) is not pruned by default.
 
-FastSTAR presets (2026-12-02), chosen from measurements (benchmarks/RESULTS.md sections 2-6, 9 and 10): testbed
-v2 PSNR against the same-seed dense video (6 prompts x 2 seeds, GPU; noise floor 17.6 dB) and end-to-end speed of
-the 8B model at 720p 5 s on one H200 (transformer + VAE decode, dense 30.1 s), each measured in one run (section
-10: `testbed_v2_session5.json`, `presets_720p_480p_s5.json`):
+FastSTAR presets (2026-12-02, second revision), chosen from measurements (benchmarks/RESULTS.md section 12):
+testbed v2 PSNR against the same-seed dense video (6 prompts x 2 seeds, GPU; noise floor 17.6 dB;
+`testbed_v2_session6.json`) and end-to-end speed of the 8B model at 720p 5 s on one H200 (transformer + VAE
+decode, dense 30.3 s), presets and baselines in one run (`presets_720p_480p_s6.json`). Every preset guides clip 0
+(the first frame) with both branches everywhere and runs the late scales of the video clips single-branch
+(`single_branch_clip0=0`): guidance matters on clip 0 and on the semantic scales, hardly on the video clip's detail
+scales (section 11).
 
     preset     knobs                                                testbed v2 PSNR (min) 8B 720p e2e  480p e2e
-    quality    (0.25, 1, 1), restore                                30.97 dB (29.24)      1.62x        1.25x
-    balanced   (0, 0.4, 1), restore: last scale not run             29.40 dB (27.54)      2.10x        1.72x
-    fast-hq    (0, 0, 1, 1) on the last 4: the last two scales not  25.26 dB (22.24)      3.24x        3.12x
-               run, first repetition only of the two before
-    fast       fast-hq with single-branch guidance on the last 3    23.95 dB (20.64)      3.86x        3.64x
-    fast-keep28 (0, 0.2, 1, 1, 1, 1) on the last 6, first rep only, 22.93 dB (19.51)      3.80x        3.69x
-               single-branch on the last 2 (`fast` until 2026-12-02)
+    quality    (0.8, 1, 1), restore; single-branch last 3 (video)   34.03 dB (28.81)      1.71x        1.63x
+    balanced   (0, 0.4, 1), restore: last scale not run;            29.46 dB (26.45)      2.58x        2.24x
+               single-branch last 3 (video)
+    fast-hq    (0, 0.6, 1, 1) on the last 4, first repetition only; 26.61 dB (22.30)      3.70x        3.45x
+               single-branch last 5 (video)
+    fast       (0, 0.2, 1, 1), otherwise as fast-hq                 26.46 dB (22.24)      4.04x        3.76x
+    guided-quality  (0.25, 1, 1), restore, two branches everywhere  31.11 dB (28.30)      1.62x        1.25x (s5)
+    guided-balanced (0, 0.4, 1), restore, two branches everywhere   29.54 dB (26.64)      2.10x        1.72x (s5)
+    guided-fast     (0, 0, 1, 1) on the last 4, first rep only      25.26 dB (22.24, s10) 3.24x (s5)   3.12x (s5)
+    fast-keep28 (0, 0.2, 1, 1, 1, 1) on the last 6, first rep only, 22.93 dB (19.51, s10) 3.80x (s5)   3.69x
+               single-branch on the last 2 incl. clip 0
     fast-pruned (0.1, 0.25, 0.5, 0.8) on the last 4, single-branch 22.54 dB (19.20, s9)  3.51x (s5)   2.88x
-               on the last 4 (`fast` until 2026-11-29)
+               on the last 4 incl. clip 0
     prune-balanced (0.2, 0.5, 1), restore                           29.82 dB (v1 testbed) 1.88x (grid run)
     prune-fast (0.12, 0.25, 0.35, 0.5) on the last 4                20.94 dB (v1 testbed) 2.98x (grid run)
 
-Why these: restore beats Partial Update once more than the last scale is pruned (27.78 vs 25.07 dB at 2.1x, v1);
-on the testbed, not running the last scale at all costs less quality than keeping 10-25 % of it, so `balanced`
-spends its budget on the second-to-last scale instead (random selection at the same ratios: 29.32 dB). At >= 3.5x
-the best measured plan prunes no scale partially: `fast` beats `fast-keep28` on 9 of 12 videos (+1.02 dB) and is
-faster at 720p (3.86x vs 3.80x; 3.64x vs 3.69x at 480p); its scores decide nothing (no partial scale), so
-random:fast is the same plan. Nothing measured reaches 25 dB at >= 3.5x (issue 4); `fast-hq` is the fastest
-measured plan at >= 25 dB.
+Why these: at equal or higher measured speed each preset is above every baseline configuration we ran (skip,
+FastVAR, StageVAR as released and in the video clips only); random selection at the same ratios reaches 33.60 /
+29.40 / 26.69 / 26.48 dB (FastSTAR +0.43 / +0.06 / -0.08 / -0.02: in `fast` / `fast-hq` only 20-60 % of one scale is
+selected). Not running the last scale costs less than keeping part of it on this testbed; the second-to-last scale
+at 20-60 % changes `fast` by < 0.2 dB and its speed by 9 %. StageVAR in the video clips alone (38 dB at 1.50x) is the
+best plan below 1.6x: pruning on top of it pays from 1.6x on.
 
 FLOP-model savings at 8B (flop_plan; 720p 5 s / 480p 10 s):
-    faststar quality      42.4%  1.74x       37.3%  1.60x
-    faststar balanced     57.8%  2.37x       35.2%  1.54x     (480p 10 s: clip 1's last scale is clip 2's context
-                                                               and always runs)
-    faststar fast-hq      75.2%  4.04x       64.1%  2.79x     (480p 10 s: as for balanced)
-    faststar fast         80.7%  5.19x       68.4%  3.17x     (480p 10 s: as for balanced)
-    faststar fast-keep28  79.9%  4.96x       68.8%  3.21x
-    faststar fast-pruned  79.1%  4.79x       81.0%  5.25x
-    random *              (= faststar: same ratios)
+    faststar quality          45.3%  1.83x       44.7%  1.81x
+    faststar balanced         66.8%  3.01x       50.4%  2.02x     (480p 10 s: clip 1's last scale is clip 2's
+                                                                   context and always runs)
+    faststar fast-hq          79.1%  4.78x       67.4%  3.07x     (480p 10 s: as for balanced)
+    faststar fast             81.5%  5.40x       70.2%  3.35x     (480p 10 s: as for balanced)
+    faststar guided-quality   42.4%  1.74x       37.3%  1.60x
+    faststar guided-balanced  57.8%  2.37x       35.2%  1.54x
+    faststar guided-fast      75.2%  4.04x       64.1%  2.79x
+    faststar fast-keep28      79.9%  4.96x       68.8%  3.21x
+    faststar fast-pruned      79.1%  4.79x       81.0%  5.25x
+    random *                  (= faststar: same ratios)
 (tests/test_accel.py checks these; regenerate the block with flop_plan after re-tuning.)
 """
 from __future__ import annotations

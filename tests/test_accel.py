@@ -462,8 +462,9 @@ def test_max_reps_drops_later_repetitions_of_prunable_scales(tiny):
     assert not any(r.get("restore_fallback") for r in out.stats)
     fp = flop_plan(acc, schedule=sched, model_cfg=model.cfg, text_len=7)
     assert fp["total"] == pytest.approx(sum(r["flops"] for r in out.stats) + fp["text"], rel=1e-9)
-    assert torch.equal(run(tiny, make_accelerator("faststar", "guided-balanced", keep_ratios=(0.5, 1.0), update="restore",
-                                                  max_reps=1)).latent, out.latent)        # same seed, same video
+    assert torch.equal(run(tiny, make_accelerator("faststar", "guided-balanced", keep_ratios=(0.5, 1.0),
+                                                  update="restore", max_reps=1)).latent,
+                       out.latent)                                # same seed, same video
     # the referenced step of a 2-repetition last scale keeps both repetitions; the last clip's drops one
     sched2 = build_schedule([(1, 1), (2, 2), (3, 4), (4, 6), (6, 8)], [1, 3, 3], image_reps=[1] * 5,
                             video_reps=[1, 1, 1, 1, 2], semantic_scales=3, name="accel-tiny-reps")
@@ -496,7 +497,8 @@ def test_mean_update_gives_pruned_positions_the_expected_code(tiny):
     torch.testing.assert_close(cm[~kept], expected_codes(guided)[~kept], rtol=0, atol=1e-6)
     assert (cm[~kept].abs() < 1 / math.sqrt(d)).all() and (cr[~kept].abs() == 1 / math.sqrt(d)).all()
     # ratio 1 with update=mean runs nothing pruned: bit-identical to dense
-    assert_same_as_dense(run(tiny, make_accelerator("faststar", "guided-balanced", update="mean", keep_ratios=1.0)), dense)
+    assert_same_as_dense(run(tiny, make_accelerator("faststar", "guided-balanced", update="mean", keep_ratios=1.0)),
+                         dense)
 
 
 def test_expected_codes_minimise_squared_error():
@@ -545,8 +547,8 @@ def test_a_single_keep_ratio_or_anchor_share_applies_to_every_prunable_scale():
 
 
 def test_anchored_pruning_runs_the_planned_tokens_reproducibly(tiny):
-    acc = lambda: make_accelerator("faststar", "guided-balanced", keep_ratios=(0.3, 0.6), update="restore",  # noqa: E731
-                                   anchors=0.5)
+    acc = lambda: make_accelerator("faststar", "guided-balanced", keep_ratios=(0.3, 0.6),  # noqa: E731
+                                   update="restore", anchors=0.5)
     a, b = run(tiny, acc()), run(tiny, acc())
     assert torch.equal(a.latent, b.latent)
     fp = flop_plan(acc(), schedule=tiny[1], model_cfg=tiny[0].cfg, text_len=7)
@@ -752,8 +754,8 @@ def test_reused_guidance_on_single_branch_steps(tiny):
         bits = sample_bits(expect, step_uniforms(SEED, st.index, N, d, "cpu"))
         assert (bits == out.bits[i].reshape(N, d)).float().mean() > 0.999       # float rounding of the sum only
     assert not torch.equal(out.latent, plain.latent)
-    assert_same_as_dense(run(tiny, make_accelerator("faststar", "guided-balanced", keep_ratios=1.0, reuse_guidance=True)),
-                         dense)
+    assert_same_as_dense(run(tiny, make_accelerator("faststar", "guided-balanced", keep_ratios=1.0,
+                                                    reuse_guidance=True)), dense)
 
 
 def test_single_branch_clip0_sets_clip0_apart(tiny):

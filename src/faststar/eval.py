@@ -22,14 +22,15 @@ DEFAULT_PROMPTS = Path(__file__).resolve().parent / "data" / "eval_prompts.jsonl
 # (spec syntax: faststar.accel.parse_method_spec)
 STANDARD_METHODS = [
     "faststar:quality", "faststar:balanced", "faststar:fast-hq", "faststar:fast", "faststar:guided-quality",
-    "faststar:guided-balanced", "faststar:guided-fast", "faststar:fast-keep28", "faststar:fast-pruned", "faststar:prune-balanced", "faststar:prune-fast",
+    "faststar:guided-balanced", "faststar:guided-fast", "faststar:fast-keep28", "faststar:fast-pruned",
+    "faststar:prune-balanced", "faststar:prune-fast",
     # FastSTAR's variants at three budgets: one score term, the other temporal reference, the confidence score,
     # Partial Update
     *[f"faststar:{p}+{v}" for v in ("temporal=off", "spatial=off", "temporal=prev_clip", "spatial=confidence",
                                     "update=partial")
       for p in ("quality", "prune-balanced", "prune-fast")],
-    "random:quality", "random:balanced", "random:fast-hq", "random:fast", "random:fast-keep28", "random:fast-pruned", "random:prune-balanced",
-    "random:prune-fast",
+    "random:quality", "random:balanced", "random:fast-hq", "random:fast", "random:fast-keep28", "random:fast-pruned",
+    "random:prune-balanced", "random:prune-fast",
     "fastvar:hart", "fastvar:balanced", "fastvar:fast",
     "stagevar:cfg0-last2", "stagevar:cfg0", "stagevar:original", "stagevar:cfg0-video", "stagevar:original-video",
     "skip:last1", "skip:last2", "skip:last3",

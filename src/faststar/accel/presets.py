@@ -108,7 +108,8 @@ PRESETS: dict[str, dict[str, dict]] = {
 }
 
 # the control: uniformly random kept sets at exactly FastSTAR's preset ratios, update and guidance
-PRESETS["random"] = {name: dict(knobs) for name, knobs in PRESETS["faststar"].items() if not name.startswith("partial-")}
+PRESETS["random"] = {name: dict(knobs) for name, knobs in PRESETS["faststar"].items()
+                     if not name.startswith("partial-")}
 
 DEFAULT_PRESET = {"faststar": "balanced", "random": "balanced", "fastvar": "balanced", "stagevar": "original",
                   "skip": "last1"}

@@ -773,3 +773,117 @@ def test_single_branch_clip0_sets_clip0_apart(tiny):
     assert all(same.budget(sched, st).branches == (1 if st.scale.index_in_clip == 4 else 2) for st in sched.steps)
     with pytest.raises(ValueError, match="single_branch_clip0"):
         make_accelerator("faststar", "guided-balanced", single_branch_clip0=-2)
+
+
+def test_update_per_scale_partial_on_the_last_restore_before(tiny):
+    """update=("partial", "restore"): the last prunable scale leaves pruned positions at zero codes, the one
+    before fills them from the previous scale's hidden states; a parsed spec and its record agree."""
+    from faststar.accel import accelerator_from_spec, spec_from_record
+    model, sched, _, _ = tiny
+    acc = accelerator_from_spec("faststar:prune-balanced+keep_ratios=0.5/0.5+update=partial/restore")
+    assert acc.cfg.update == ("partial", "restore")
+    assert accelerator_from_spec(spec_from_record(acc.describe())).cfg == acc.cfg
+    log = recording(acc)
+    run(tiny, acc)
+    seen = {0: 0, 1: 0}
+    for st, _, o in log:
+        if o.keep_idx is None:
+            continue
+        j = len(sched.clip_scales(st.scale.clip)) - 1 - st.scale.index_in_clip
+        N, d = st.scale.num_tokens, st.scale.bits
+        codes_Nd = o.codes[0].permute(1, 2, 3, 0).reshape(N, d)
+        pruned = torch.ones(N, dtype=torch.bool)
+        pruned[o.keep_idx] = False
+        seen[j] += 1
+        if j == 0:                                        # Partial Update: zero codes, hidden only where kept
+            assert (codes_Nd[pruned] == 0).all() and o.hidden.shape[1] == N - int(pruned.sum())
+        else:                                             # restore: every position sampled, full hidden
+            assert (codes_Nd[pruned].abs() == 1 / math.sqrt(d)).all() and o.hidden.shape[1] == N
+    assert seen[0] > 0 and seen[1] > 0
+    with pytest.raises(ValueError, match="update must be one of"):
+        make_accelerator("faststar", update=("partial", "bogus"))
+
+
+def test_proportional_attention_weights_only_pruned_steps(tiny):
+    """proportional=True: at keep ratio 1 still bit-identical to dense; pruned, the same tokens run (same masks,
+    same accounting) and the kept tokens' hidden states change; steps before the first pruned one are unchanged."""
+    _, _, _, dense = tiny
+    assert_same_as_dense(run(tiny, make_accelerator("faststar", keep_ratios=1.0, single_branch_last=0,
+                                                    proportional=True)), dense)
+    plain_acc = make_accelerator("faststar", "partial-balanced")
+    prop_acc = make_accelerator("faststar", "partial-balanced", proportional=True)
+    log_a, log_b = recording(plain_acc), recording(prop_acc)
+    a, b = run(tiny, plain_acc), run(tiny, prop_acc)
+    first = next(i for i, (_, _, o) in enumerate(log_a) if o.keep_idx is not None)
+    for i in range(first):
+        assert torch.equal(log_a[i][2].hidden, log_b[i][2].hidden)
+    oa, ob = log_a[first][2], log_b[first][2]
+    assert torch.equal(oa.keep_idx, ob.keep_idx) and torch.equal(a.masks[first], b.masks[first])
+    assert oa.hidden.shape == ob.hidden.shape and not torch.allclose(oa.hidden.float(), ob.hidden.float())
+    assert a.summary()["tokens_run"] == b.summary()["tokens_run"]
+
+
+@torch.no_grad()
+def test_hindsight_score_ranks_where_restore_failed_one_scale_earlier(tiny):
+    """spatial="hindsight": E at a scale is zero where its hidden states equal the previous scale's resized
+    (restoring would have drawn the same bits) and positive where they differ; the next scale ranks the
+    positions under that region first."""
+    from types import SimpleNamespace
+    model, sched, _, _ = tiny
+    clip1 = sched.clip_scales(1)
+    s2, s3, s4 = clip1[2], clip1[3], clip1[4]
+    acc = make_accelerator("faststar", "prune-balanced", spatial="hindsight", temporal="off")
+    acc.reset(sched, model, SEED)
+    g = torch.Generator().manual_seed(5)
+    h2 = torch.randn(2, s2.num_tokens, model.cfg.width, generator=g)
+    acc._prev.put(s2, h2)
+    h3 = resize_tokens(h2, s2.thw, s3.thw, "trilinear").clone()
+    t, hh, ww = s3.thw
+    grid = torch.zeros(t, hh, ww, dtype=torch.bool)
+    grid[:, :2, :2] = True                                     # the top-left corner of every frame changed
+    h3[:, grid.flatten()] += 3.0 * torch.randn(2, int(grid.sum()), model.cfg.width, generator=g)
+    acc._measure_restore_error(SimpleNamespace(scale=s3, model=model), h3)
+    thw, err = acc._hindsight[(1, s3.index_in_clip)]
+    assert thw == s3.thw and (err[~grid.flatten()] < 1e-5).all() and (err[grid.flatten()] > 1e-3).all()
+    ctx = SimpleNamespace(scale=s4, canvas=None, x_view=None, prev_clip_canvas=None, schedule=sched, model=model)
+    info = {}
+    score = acc._importance(ctx, None, info)
+    assert "spatial_fallback" not in info
+    t4, h4, w4 = s4.thw
+    top = score.view(t4, h4, w4)[:, :2, :2]                    # under the changed corner
+    far = score.view(t4, h4, w4)[:, -2:, -2:]
+    assert top.min() > far.max()
+
+
+def test_copy_update_takes_the_latest_earlier_kept_frame_of_the_column(tiny):
+    """update="copy": a pruned position's hidden states are those of the latest kept token of its (y, x) column
+    at an earlier frame of the same step; with none, the previous scale's resized (restore)."""
+    from faststar.accel.faststar import temporal_copy_sources
+    src = temporal_copy_sources(torch.tensor([0, 3, 7]), (3, 2, 3)).view(3, 2, 3)
+    assert src[:, 0, 0].tolist() == [0, 0, 0] and src[:, 1, 0].tolist() == [3, 3, 3]
+    assert src[:, 0, 1].tolist() == [-1, 7, 7] and (src[:, :, 2] == -1).all()
+    acc = make_accelerator("faststar", "prune-balanced", update="copy")
+    log = recording(acc)
+    run(tiny, acc)
+    n_copied = n_restored = 0
+    for st, _, o in log:
+        if o.keep_idx is None:
+            continue
+        t, h, w = st.scale.thw
+        N = st.scale.num_tokens
+        kept = torch.zeros(N, dtype=torch.bool)
+        kept[o.keep_idx] = True
+        prev_st, _, prev = log[st.scale.first_step - 1]
+        fill = resize_tokens(prev.hidden, prev_st.scale.thw, st.scale.thw, "trilinear").to(o.hidden.dtype)
+        src = temporal_copy_sources(o.keep_idx, st.scale.thw)
+        for i in range(N):
+            if kept[i]:
+                continue
+            if src[i] >= 0:
+                assert kept[src[i]] and src[i] % (h * w) == i % (h * w) and src[i] < i
+                assert torch.equal(o.hidden[:, i], o.hidden[:, src[i]])
+                n_copied += 1
+            else:
+                assert torch.equal(o.hidden[:, i], fill[:, i])
+                n_restored += 1
+    assert n_copied > 0 and n_restored > 0

@@ -39,6 +39,13 @@ class GenerationOutput:
                     transformer_time_s=self.total_time_s)
 
 
+def _key_weight(plan: StepPlan, keep: torch.Tensor | None, n: int) -> float:
+    """Attention weight of a pruned step's own keys: N / n_kept with proportional attention, else 1."""
+    if not plan.proportional or keep is None or keep.numel() == 0:
+        return 1.0
+    return n / keep.numel()
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -137,14 +144,16 @@ def generate(model: STARTransformer, schedule: Schedule, text_LC: torch.Tensor, 
                     h = h[:, keep]
                     cos, sin = cos[keep], sin[keep]
                 h = model.forward_blocks(h, cos, sin, cache, layer_outputs=layer_outs,
-                                         layers=range(plan.prune_layer, cfg.depth))
+                                         layers=range(plan.prune_layer, cfg.depth),
+                                         key_weight=_key_weight(plan, keep, N))
             elif keep is not None and keep.numel() == 0:
                 # nothing runs the blocks (a step filled by ``restore`` from cached hidden states)
                 h = x.new_zeros(branches, 0, x.shape[-1], dtype=model.block_dtype)
             else:
                 if keep is not None:
                     x, cos, sin = x[keep], cos[keep], sin[keep]
-                h = model.forward_blocks(x[None].expand(branches, -1, -1), cos, sin, cache, layer_outputs=layer_outs)
+                h = model.forward_blocks(x[None].expand(branches, -1, -1), cos, sin, cache, layer_outputs=layer_outs,
+                                         key_weight=_key_weight(plan, keep, N))
             if is_ref:
                 cache.commit_ref(branches)
             ran = keep

@@ -38,7 +38,11 @@ def _parse_value(v: str):
     if v.lower() == "none":
         return None
     if "/" in v:                                   # a tuple of ratios: 0.3/0.55/0.8 (one ratio: 0.3/)
-        return tuple(float(x) for x in v.split("/") if x)
+        parts = [x.strip() for x in v.split("/") if x.strip()]
+        try:
+            return tuple(float(x) for x in parts)
+        except ValueError:                         # a tuple of names: partial/restore
+            return tuple(parts)
     for conv in (int, float):
         try:
             return conv(v)
@@ -122,6 +126,8 @@ def _format_value(v) -> str:
     if v is None:
         return "none"
     if isinstance(v, (list, tuple)):
+        if all(isinstance(x, str) for x in v):
+            return "/".join(v) + ("/" if len(v) == 1 else "")
         return "/".join(repr(float(x)) for x in v) + ("/" if len(v) == 1 else "")
     return repr(v) if isinstance(v, float) else str(v)
 

@@ -31,6 +31,9 @@ class StepPlan:
                                              # to the conditional ones (a guidance correction from cached states)
     prune_layer: int = 0                     # >0: blocks [0, prune_layer) run on all tokens first
     select: Callable | None = None           # (h_BNC after prune_layer blocks, ctx) -> keep_idx or None (= all)
+    proportional: bool = False               # pruned blocks: each kept key of the step counts N / n_kept times
+                                             # against the prefix's (text, reference) keys in attention, so the
+                                             # kept tokens carry the attention mass all N would have had
     info: dict = field(default_factory=dict)
 
 

@@ -18,6 +18,8 @@ The top ``ceil(rho * N)`` tokens by I run (shared by both guidance halves, indic
 ``update="partial"``: pruned positions get a zero code (the canvas keeps its value there);
 ``update="restore"``: pruned positions take the previous scale's last-block hidden states (its last repetition),
 resized, and are sampled like the rest.
+``update="copy"``: a pruned position takes the hidden states of the latest earlier frame of its (y, x) column
+that ran in this step (the same scale; temporal redundancy used directly), restored as above where there is none.
 ``update="mean"``: restored like that, but a pruned position gets the mean code of its restored logits
 ((2 p - 1) / sqrt(d) per bit) instead of a sample: the value closest, in expected squared error, to what the dense
 run would have drawn there; a sample from stale logits misses by twice the code whenever it disagrees.
@@ -38,10 +40,11 @@ from ..schedule import Scale, Schedule, Step
 from ..vae.quant import area_down
 from .base import Accelerator, StepBudget, StepContext, StepOutput, StepPlan
 
-SPATIAL_MODES = ("canvas", "hidden", "confidence", "off")
+SPATIAL_MODES = ("canvas", "hidden", "confidence", "hindsight", "off")
 TEMPORAL_MODES = ("prev_frame", "prev_clip", "off")
 NORMS = ("rank", "mean")
-UPDATES = ("partial", "restore", "mean")
+UPDATES = ("partial", "restore", "mean", "copy")
+RESTORING = ("restore", "mean", "copy")       # updates that give every pruned position hidden states
 FILLS = ("zero", "restore", "mean")
 SELECT_MODES = ("ratio", "threshold")
 
@@ -207,6 +210,16 @@ def select_threshold(score_N: torch.Tensor, threshold: float, floor: float = 0.0
     return select_topk(score_N, max(lo, min(hi, k)))
 
 
+def temporal_copy_sources(keep: torch.Tensor, thw: tuple[int, int, int]) -> torch.Tensor:
+    """For every token of a (t, h, w) grid [N]: the flat index of the latest kept token of its (y, x) column at
+    a frame <= its own (itself when kept), or -1 when no frame up to its own is kept."""
+    t, h, w = thw
+    N = t * h * w
+    flat = torch.full((N,), -1, dtype=torch.long, device=keep.device)
+    flat[keep] = keep.long()
+    return flat.view(t, h * w).cummax(0).values.flatten()
+
+
 def resize_tokens(h_BNC: torch.Tensor, thw_from: tuple[int, int, int], thw_to: tuple[int, int, int],
                   mode: str = "trilinear") -> torch.Tensor:
     """Hidden states of a (t, h, w) token grid resized to another grid: [B, N_from, C] -> [B, N_to, C].
@@ -348,7 +361,11 @@ class FastSTARConfig:
         states after ``probe_layer`` blocks, against the previous scale's, cached and resized; costs those blocks
         dense), "confidence" (convergence read from the previous scale's last-block hidden states resized to this
         grid and put through this scale's head: S = mean over bits of (2p - 1)^2, so tokens whose bits that
-        coarse prediction leaves undecided rank first; costs the head on all tokens), or "off".
+        coarse prediction leaves undecided rank first; costs the head on all tokens), "hindsight" (where restoring
+        failed one scale earlier: at the previous scale, the bit means of its own logits against those of the
+        scale before's hidden states resized to it, E(i) = mean over bits |m - m_restored|, resized to this grid;
+        tokens whose restored bits would have been sampled differently rank first; costs the head twice on the
+        previous scale's tokens), or "off".
     temporal: "prev_frame" (against the previous latent frame), "prev_clip" (against the preceding clip's last
         frame), or "off". Clip 0 never has a temporal term.
     w_sp, w_tm: weights of the two normalized terms.
@@ -356,7 +373,10 @@ class FastSTARConfig:
     update: "partial" (pruned positions get zero codes: Partial Update), "restore" (FastVAR-like: pruned
         positions take the previous scale's last-block hidden states (its last repetition), resized trilinearly;
         all positions are sampled) or "mean" (restored the same way; pruned positions get the mean code of their
-        restored logits instead of a sample).
+        restored logits instead of a sample). A tuple gives one per prunable scale from the last, like
+        ``keep_ratios`` (its last entry holds beyond it); "copy": a pruned position takes the hidden states of the
+        latest earlier frame of its (y, x) column that ran in this step, restored where none did: ("partial", "restore") = Partial Update on the last
+        scale, restore on the one before.
     skipped: what a prunable scale with keep ratio 0 adds to the canvas: "zero" (nothing, as skipping it), or
         every position restored from the previous scale's last-block hidden states like ``update="restore"``:
         "restore" (sampled with the step's position-keyed uniforms) or "mean" (the mean code). A filled step
@@ -378,6 +398,9 @@ class FastSTARConfig:
         ones): guidance from cached states at the cost of a head, instead of none.
     block: ratio mode only; > 0 spreads the kept tokens: every block x block tile of every latent frame keeps about
         the same share, its most important tokens (0 = plain top-k over the whole step).
+    proportional: proportional attention on pruned steps: each kept token's key counts N / n_kept times against
+        the text and reference keys, so the step's own tokens keep the share of attention they have dense (off:
+        the kept tokens see the context as if the step had only n_kept tokens).
     seed_offset: only used by the "random" control (its own generator).
     """
     keep_ratios: tuple[float, ...] | float = (0.3, 0.55, 0.8)
@@ -392,7 +415,7 @@ class FastSTARConfig:
     w_sp: float = 1.0
     w_tm: float = 1.0
     norm: str = "rank"
-    update: str = "partial"
+    update: str | tuple[str, ...] = "partial"
     probe_layer: int = 2
     eps: float = 1e-6
     dense_ref_steps: bool = False
@@ -404,15 +427,24 @@ class FastSTARConfig:
     max_reps: int = 0
     skipped: str = "zero"
     skipped_reps: str = "zero"
+    proportional: bool = False
     seed_offset: int = 0
 
     def __post_init__(self):
         self.keep_ratios = _knob(self.keep_ratios)
         _check_ratios("keep_ratios", self.keep_ratios)
         self.anchors = _knob(self.anchors)
+        if not isinstance(self.update, str):
+            self.update = tuple(self.update)
+            if not self.update:
+                raise ValueError("update: an empty tuple; give one of UPDATES, or one per scale from the last")
+        for u in (self.update,) if isinstance(self.update, str) else self.update:
+            if u not in UPDATES:
+                raise ValueError(f"update must be one of {UPDATES} (or a tuple of them, per scale from the last), "
+                                 f"got {self.update!r}")
         for name, val, ok in (("mode", self.mode, SELECT_MODES), ("spatial", self.spatial, SPATIAL_MODES),
                               ("temporal", self.temporal, TEMPORAL_MODES), ("norm", self.norm, NORMS),
-                              ("update", self.update, UPDATES), ("skipped", self.skipped, FILLS),
+                              ("skipped", self.skipped, FILLS),
                               ("skipped_reps", self.skipped_reps, FILLS)):
             if val not in ok:
                 raise ValueError(f"{name} must be one of {ok}, got {val!r}")
@@ -456,6 +488,7 @@ class FastSTAR(Accelerator):
         self._prev = PrevScaleHidden()  # previous scale's full last-block hidden (restore)
         self._guided = None             # (clip, thw, h [2, N, C]) of the clip's last step that ran both branches
         self._resized = None            # (step index, (thw, h)): previous-scale states resized by this step's score
+        self._hindsight: dict = {}      # (clip, index_in_clip) -> (thw, E [N]): restore error measured there
 
     def _validate(self, cfg):
         if cfg.spatial == "off" and cfg.temporal == "off":
@@ -475,6 +508,7 @@ class FastSTAR(Accelerator):
         self._prev.clear()
         self._guided = None
         self._resized = None
+        self._hindsight = {}
 
     def describe(self) -> dict:
         return {"method": self.name, "preset": self.preset, **asdict(self.cfg)}
@@ -492,6 +526,14 @@ class FastSTAR(Accelerator):
         if c.mode == "threshold":
             return c.cap
         return per_scale(c.keep_ratios, j, 1.0)
+
+    def update_at(self, schedule: Schedule, scale: Scale) -> str:
+        """The update rule (one of UPDATES) of a prunable scale: ``update`` itself, or its entry for the scale's
+        position from the clip's end (the last entry beyond the tuple)."""
+        u = self.cfg.update
+        if isinstance(u, str):
+            return u
+        return u[min(position_from_end(schedule, scale), len(u) - 1)]
 
     def _scored(self, clip: int) -> bool:
         """Whether a score exists on this clip (clip 0 has no temporal term)."""
@@ -569,13 +611,19 @@ class FastSTAR(Accelerator):
         c, s = self.cfg, step.scale
         if step.rep + 1 < s.reps and self._filled(schedule, schedule.steps[s.first_step + step.rep + 1]):
             return True
-        if s.index_in_clip + 1 >= len(schedule.clip_scales(s.clip)):
+        n_clip = len(schedule.clip_scales(s.clip))
+        if c.spatial == "hindsight" and any(
+                s.index_in_clip + a < n_clip
+                and self._pruned_tokens(schedule, schedule.steps[schedule.scales[s.index + a].first_step]) is not None
+                for a in (1, 2)):
+            return True                        # the restore error of the next scale is measured against this one
+        if s.index_in_clip + 1 >= n_clip:
             return False
         nxt = schedule.steps[schedule.scales[s.index + 1].first_step]
         if self._skipped(schedule, nxt):
             return self._filled(schedule, nxt) and self._fill_mode(schedule, nxt)[1] == "previous"
-        return self._next_scale_pruned(schedule, step) and (c.update in ("restore", "mean")
-                                                             or c.spatial == "confidence")
+        nxt_restores = self.update_at(schedule, nxt.scale) in RESTORING
+        return self._next_scale_pruned(schedule, step) and (nxt_restores or c.spatial == "confidence")
 
     # -- plan -----------------------------------------------------------------------------------------------
     def plan(self, ctx: StepContext) -> StepPlan:
@@ -609,20 +657,22 @@ class FastSTAR(Accelerator):
             return StepPlan(branches=b.branches)
         rho = self.keep_ratio(sch, st)
         info = dict(keep_ratio=rho, n_keep=b.tokens)
-        restore = None
-        if c.update in ("restore", "mean"):
+        restore, update = None, self.update_at(sch, st.scale)
+        info["update"] = update
+        if update in RESTORING:
             if self._prev.previous(st.scale) is not None:
-                restore = self._restore
+                restore = self._copy if update == "copy" else self._restore
             else:
                 info["restore_fallback"] = "no previous-scale hidden states: partial update"
+        codes = "mean" if update == "mean" else "sample"
         if self._uses_probe():
             def select(h_BNC, ctx_, _info=info):
                 return self._select(ctx_, h_BNC, _info)
             return StepPlan(branches=b.branches, prune_layer=c.probe_layer, select=select, restore=restore,
-                            restored_codes=self._restored_codes, info=info)
+                            restored_codes=codes, proportional=c.proportional, info=info)
         keep = self._select(ctx, None, info)
-        return StepPlan(keep_idx=keep, branches=b.branches, restore=restore, restored_codes=self._restored_codes,
-                        info=info)
+        return StepPlan(keep_idx=keep, branches=b.branches, restore=restore, restored_codes=codes,
+                        proportional=c.proportional, info=info)
 
     def _fill_plan(self, ctx: StepContext, b: StepBudget) -> StepPlan:
         """A skipped step filled from cached hidden states: no token runs the blocks, every position is restored."""
@@ -653,12 +703,21 @@ class FastSTAR(Accelerator):
             prev = self._prev.previous(s)
             if prev is not None:
                 # the restore of this step needs every row resized: do it once and hand it over
-                rows = prev[1] if c.update in ("restore", "mean") else prev[1][:1]
+                restores = self.update_at(ctx.schedule, s) in RESTORING
+                rows = prev[1] if restores else prev[1][:1]
                 g = resize_tokens(rows, prev[0], s.thw, "trilinear")
                 self._resized = (ctx.step.index, (s.thw, g))
                 s_sp = bit_confidence(ctx.model.logits(g[:1], s.bits)[0])
             else:
                 info["spatial_fallback"] = "no previous-scale hidden states: canvas score"
+        elif c.spatial == "hindsight":
+            hs = self._hindsight.get((s.clip, s.index_in_clip - 1))
+            if hs is not None:
+                err = F.interpolate(hs[1].view(1, 1, *hs[0]), size=tuple(s.thw), mode="trilinear",
+                                    align_corners=False).flatten()
+                s_sp = 1.0 - err               # importance ranks 1 - S_sp = the expected restore error
+            else:
+                info["spatial_fallback"] = "no restore error measured at the previous scale: canvas score"
         elif c.spatial == "hidden" and h_BNC is not None:
             prev = self._probe.get((s.clip, s.index_in_clip - 1))
             if prev is not None:
@@ -708,14 +767,22 @@ class FastSTAR(Accelerator):
         return None
 
     # -- restore --------------------------------------------------------------------------------------------
+    def _copy(self, h_kept: torch.Tensor, keep: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """update="copy": a pruned position takes the hidden states of the latest earlier frame of its (y, x)
+        column that ran in this step (computed at this scale, with this step's context); a position with no
+        earlier kept frame is restored from the previous scale."""
+        full = self._restore(h_kept, keep, ctx)
+        src = temporal_copy_sources(keep, ctx.scale.thw)
+        take = src >= 0
+        take[keep] = False
+        if bool(take.any()):
+            full[:, take] = full[:, src[take]]
+        return full
+
     def _restore(self, h_kept: torch.Tensor, keep: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         cached = self._resized
         src = cached[1] if cached is not None and cached[0] == ctx.step.index else None   # resized by the score
         return self._prev.fill(h_kept, keep, ctx.scale, "trilinear", source=src)
-
-    @property
-    def _restored_codes(self) -> str:
-        return "mean" if self.cfg.update == "mean" else "sample"
 
     def observe(self, ctx: StepContext, out: StepOutput) -> None:
         h = out.hidden
@@ -727,7 +794,22 @@ class FastSTAR(Accelerator):
         # keep the full last-block hidden states of the last step of a scale that produced them (ran or was
         # filled), when a later step restores from or scores with them
         if self._hidden_needed_after(ctx.schedule, ctx.step):
+            if self.cfg.spatial == "hindsight" and self._next_scale_pruned(ctx.schedule, ctx.step):
+                self._measure_restore_error(ctx, h)
             self._prev.put(ctx.scale, h)
+
+    def _measure_restore_error(self, ctx: StepContext, h_BNC: torch.Tensor) -> None:
+        """E(i) at this scale: how differently its bits would have been drawn from the previous scale's hidden
+        states resized here (what a restored position gets) than from its own (conditional branch)."""
+        s, prev = ctx.scale, self._prev.previous(ctx.scale)
+        self._hindsight = {k: v for k, v in self._hindsight.items()
+                           if k[0] == s.clip and s.index_in_clip - 1 <= k[1] < s.index_in_clip}
+        if prev is None:
+            return
+        restored = resize_tokens(prev[1][:1], prev[0], s.thw, "trilinear")
+        m_own = bit_means(ctx.model.logits(h_BNC[:1], s.bits)[0])
+        m_res = bit_means(ctx.model.logits(restored, s.bits)[0])
+        self._hindsight[(s.clip, s.index_in_clip)] = (s.thw, (m_own - m_res).abs().mean(-1))
 
 
 class RandomPrune(FastSTAR):

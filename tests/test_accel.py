@@ -10,7 +10,8 @@ from faststar import build_schedule, build_transformer, official_schedule
 from faststar.accel import METHODS, PRESETS, apply, flop_plan, make_accelerator, remove
 from faststar.accel.base import Accelerator
 from faststar.accel.baselines import FastVAR, SkipScales, StageVAR, fastvar_score, leverage_sample
-from faststar.accel.faststar import (FastSTAR, RandomPrune, channel_cosine, importance, keep_count, normalize,
+from faststar.accel.faststar import (FastSTAR, RandomPrune, channel_cosine, detail_energy, importance, keep_count,
+                                     normalize,
                                      own_generator, resize_tokens, scale_views, select_threshold, select_topk,
                                      spatial_similarity, temporal_similarity)
 from faststar.accel.viz import mask_video
@@ -216,6 +217,21 @@ def test_importance_keeps_moving_and_unconverged_tokens():
     moving = (s_tm < 0.5).nonzero().flatten()
     assert set(moving.tolist()) | set(range(5)) == set(keep.tolist())
     assert torch.equal(keep, torch.sort(keep).values)
+
+
+def test_detail_energy_marks_edges_and_adds_to_importance():
+    x = torch.zeros(1, 4, 2, 5, 6)
+    assert torch.equal(detail_energy(x), torch.zeros(2 * 5 * 6))           # flat: no detail
+    x[:, :, :, :, 3:] = 1.0                                                  # a vertical edge between x=2 and x=3
+    d = detail_energy(x).view(2, 5, 6)
+    assert torch.allclose(d[:, :, 2], torch.full((2, 5), 4.0))              # 4 channels, step 1 each
+    d[:, :, 2] = 0
+    assert torch.equal(d, torch.zeros(2, 5, 6))                              # nothing anywhere else
+    flat = torch.ones(60)
+    imp = importance(flat, None, 1.0, 1.0, "rank", detail=detail_energy(x), w_detail=1.0)
+    assert set(select_topk(imp, 10).view(-1).tolist()) == {f * 30 + y * 6 + 2 for f in range(2) for y in range(5)}
+    assert torch.equal(importance(flat, None, detail=detail_energy(x), w_detail=0.0),
+                       importance(flat, None))                                # weight 0: the term is off
 
 
 def test_normalize_select_and_counts():

@@ -14,6 +14,7 @@ Importance of token i at a prunable step of scale k (the current clip's canvas b
     S_tm(i) = cos(x_k(f, y, x), x_k(f-1, y, x))              ("prev_frame"; frame -1 = previous clip's last frame)
             or cos(x_k(f, y, x), ref_k(y, x))                ("prev_clip": the previous clip's last frame)
     I(i) = w_sp * n(1 - S_sp(i)) + w_tm * n(1 - S_tm(i))    n = rank or divide-by-mean within the step
+           [+ w_detail * n(D(i))]                           D = local gradient energy of x_k (off by default)
 The top ``ceil(rho * N)`` tokens by I run (shared by both guidance halves, indices sorted).
 ``update="partial"``: pruned positions get a zero code (the canvas keeps its value there);
 ``update="restore"``: pruned positions take the previous scale's last-block hidden states (its last repetition),
@@ -101,6 +102,17 @@ def temporal_similarity(x_BCthw: torch.Tensor, prev_canvas_BCTHW: torch.Tensor |
     return channel_cosine(x_BCthw, other, dim=1, eps=eps)[0].flatten()
 
 
+def detail_energy(x_BCthw: torch.Tensor) -> torch.Tensor:
+    """D per token [N] (t, h, w raster order): the squared local gradient of the view, summed over channels and
+    over the forward differences in y and x (0 past the last row / column). Where the canvas has edges a wrong
+    code changes the decoded video most: a proxy of the decoder's local gain."""
+    x = x_BCthw[0].float()
+    d = torch.zeros_like(x[0])
+    d[:, :-1] += (x[:, :, 1:] - x[:, :, :-1]).pow(2).sum(0)
+    d[:, :, :-1] += (x[:, :, :, 1:] - x[:, :, :, :-1]).pow(2).sum(0)
+    return d.flatten()
+
+
 def bit_confidence(logits_N2d: torch.Tensor) -> torch.Tensor:
     """Per token [N], how decided its bits are: the mean over bits of m^2, m = 2 p(1) - 1 (0 = every bit a coin
     flip, 1 = every bit certain). 1 - m^2 is the expected squared error, in units of 1/d, of a bit filled with its
@@ -132,14 +144,17 @@ def normalize(v: torch.Tensor, mode: str = "rank", eps: float = 1e-12) -> torch.
 
 
 def importance(s_sp: torch.Tensor | None, s_tm: torch.Tensor | None, w_sp: float = 1.0, w_tm: float = 1.0,
-               norm: str = "rank") -> torch.Tensor:
-    """I = w_sp * n(1 - S_sp) + w_tm * n(1 - S_tm); a missing term (None) contributes nothing. High = keep."""
-    terms = [(s, w) for s, w in ((s_sp, w_sp), (s_tm, w_tm)) if s is not None and w != 0]
+               norm: str = "rank", detail: torch.Tensor | None = None, w_detail: float = 0.0) -> torch.Tensor:
+    """I = w_sp * n(1 - S_sp) + w_tm * n(1 - S_tm) [+ w_detail * n(D)]; a missing term (None) contributes
+    nothing. High = keep."""
+    terms = [(1.0 - s.float(), w) for s, w in ((s_sp, w_sp), (s_tm, w_tm)) if s is not None and w != 0]
+    if detail is not None and w_detail != 0:
+        terms.append((detail.float(), w_detail))
     if not terms:
         raise ValueError("importance needs at least one score term with a non-zero weight")
     out = None
-    for s, w in terms:
-        t = w * normalize(1.0 - s.float(), norm)
+    for v, w in terms:
+        t = w * normalize(v, norm)
         out = t if out is None else out + t
     return out
 
@@ -369,14 +384,16 @@ class FastSTARConfig:
     temporal: "prev_frame" (against the previous latent frame), "prev_clip" (against the preceding clip's last
         frame), or "off". Clip 0 never has a temporal term.
     w_sp, w_tm: weights of the two normalized terms.
+    w_detail: weight of a third term, the local gradient energy of the scale's canvas view (``detail_energy``):
+        where the canvas has edges, a wrong code changes the decoded frames most (0 = off, the default).
     norm: "rank" (robust, scale-free) or "mean" (keeps relative magnitudes).
     update: "partial" (pruned positions get zero codes: Partial Update), "restore" (FastVAR-like: pruned
         positions take the previous scale's last-block hidden states (its last repetition), resized trilinearly;
         all positions are sampled) or "mean" (restored the same way; pruned positions get the mean code of their
-        restored logits instead of a sample). A tuple gives one per prunable scale from the last, like
-        ``keep_ratios`` (its last entry holds beyond it); "copy": a pruned position takes the hidden states of the
-        latest earlier frame of its (y, x) column that ran in this step, restored where none did: ("partial", "restore") = Partial Update on the last
-        scale, restore on the one before.
+        restored logits instead of a sample) or "copy" (a pruned position takes the hidden states of the latest
+        earlier frame of its (y, x) column that ran in this step; restored where none did). A tuple gives one
+        per prunable scale from the last, like ``keep_ratios`` (its last entry holds beyond it): ("partial",
+        "restore") = Partial Update on the last scale, restore on the one before.
     skipped: what a prunable scale with keep ratio 0 adds to the canvas: "zero" (nothing, as skipping it), or
         every position restored from the previous scale's last-block hidden states like ``update="restore"``:
         "restore" (sampled with the step's position-keyed uniforms) or "mean" (the mean code). A filled step
@@ -414,6 +431,7 @@ class FastSTARConfig:
     temporal: str = "prev_frame"
     w_sp: float = 1.0
     w_tm: float = 1.0
+    w_detail: float = 0.0
     norm: str = "rank"
     update: str | tuple[str, ...] = "partial"
     probe_layer: int = 2
@@ -733,7 +751,11 @@ class FastSTAR(Accelerator):
             info["s_sp_mean"] = float(s_sp.mean())
         if s_tm is not None:
             info["s_tm_mean"] = float(s_tm.mean())
-        return importance(s_sp, s_tm, c.w_sp, c.w_tm, c.norm)
+        dt = None
+        if c.w_detail:
+            dt = detail_energy(area_down(ctx.canvas, s.thw))
+            info["detail_mean"] = float(dt.mean())
+        return importance(s_sp, s_tm, c.w_sp, c.w_tm, c.norm, dt, c.w_detail)
 
     def _select(self, ctx: StepContext, h_BNC: torch.Tensor | None, info: dict) -> torch.Tensor | None:
         c, s = self.cfg, ctx.scale

@@ -452,6 +452,8 @@ class FastSTARConfig:
         self.keep_ratios = _knob(self.keep_ratios)
         _check_ratios("keep_ratios", self.keep_ratios)
         self.anchors = _knob(self.anchors)
+        for name in ("w_sp", "w_tm", "w_detail", "threshold", "floor", "cap"):
+            setattr(self, name, float(getattr(self, name)))      # "w_detail=1" and 1.0 are the same config
         if not isinstance(self.update, str):
             self.update = tuple(self.update)
             if not self.update:

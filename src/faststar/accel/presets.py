@@ -5,17 +5,20 @@ Keep ratios are listed per prunable scale counted from the clip's LAST scale: (l
 latent frames in a video clip), the fourth is the last semantic scale 18x32; at 480p they are 30x53, 24x43, 18x32
 (all detail), then 12x21. Clip 0 (the first frame) is not pruned by default.
 
-FastSTAR presets (2026-12-02, second revision), chosen from measurements (benchmarks/RESULTS.md section 12):
-testbed v2 PSNR against the same-seed dense video (6 prompts x 2 seeds, GPU; noise floor 17.6 dB;
-`testbed_v2_session6.json`) and end-to-end speed of the 8B model at 720p 5 s on one H200 (transformer + VAE
-decode, dense 30.3 s), presets and baselines in one run (`presets_720p_480p_s6.json`). Every preset guides clip 0
+FastSTAR presets (2026-12-03, third revision), chosen from measurements (benchmarks/RESULTS.md sections 12, 12d):
+testbed v2 PSNR against the same-seed dense video (GPU; `quality` and `balanced`: 6 prompts x 4 seeds, noise floor
+18.5 dB, `testbed_v2_session8.json`; the others 6 prompts x 2 seeds, floor 17.6 dB, `testbed_v2_session6.json`) and
+end-to-end speed of the 8B model at 720p 5 s on one H200 (transformer + VAE decode, dense 30.3-30.5 s; presets and
+baselines in one run, `presets_720p_480p_s6.json`; the 2026-12-03 `quality` and `balanced` in
+`timing_s8_dense.json`, 480p in `timing_s8.json`). Every preset guides clip 0
 (the first frame) with both branches everywhere and runs the late scales of the video clips single-branch
 (`single_branch_clip0=0`): guidance matters on clip 0 and on the semantic scales, hardly on the video clip's detail
 scales (section 11).
 
     preset     knobs                                                testbed v2 PSNR (min) 8B 720p e2e  480p e2e
-    quality    (0.8, 1, 1), restore; single-branch last 3 (video)   34.03 dB (28.81)      1.71x        1.63x
-    balanced   (0, 0.4, 1), restore: last scale not run;            29.46 dB (26.45)      2.58x        2.24x
+    quality    (0.8, 1, 1), copy, detail term; single-branch last 3 34.77 dB (29.94, s8)  1.71x        1.63x
+               (video)
+    balanced   (0, 0.4, 1), copy: last scale not run;               29.35 dB (26.37, s8)  2.57x        2.24x
                single-branch last 3 (video)
     fast-hq    (0, 0.6, 1, 1) on the last 4, first repetition only; 26.61 dB (22.30)      3.70x        3.45x
                single-branch last 5 (video)
@@ -31,9 +34,10 @@ scales (section 11).
     prune-fast (0.12, 0.25, 0.35, 0.5) on the last 4                20.94 dB (v1 testbed) 2.98x (grid run)
 
 Why these: at equal or higher measured speed each preset is above every baseline configuration we ran (skip,
-FastVAR, StageVAR as released and in the video clips only); random selection at the same ratios reaches 33.60 /
-29.40 / 26.69 / 26.48 dB (FastSTAR +0.43 / +0.06 / -0.08 / -0.02: in `fast` / `fast-hq` only 20-60 % of one scale is
-selected). Not running the last scale costs less than keeping part of it on this testbed; the second-to-last scale
+FastVAR, StageVAR as released and in the video clips only). Random selection at the same knobs reaches 33.93 /
+29.21 dB at `quality` / `balanced` (s8: FastSTAR +0.84 dB, better on 20 of 24 videos / +0.13 dB, 19 of 24) and
+26.69 / 26.48 dB at `fast-hq` / `fast` (s6: -0.08 / -0.02): there only 20-60 % of one scale is selected, and even an
+oracle that knows each token's damage in the decoded video gains only +0.02 dB over random at `fast` (section 12d). Not running the last scale costs less than keeping part of it on this testbed; the second-to-last scale
 at 20-60 % changes `fast` by < 0.2 dB and its speed by 9 %. StageVAR in the video clips alone (38 dB at 1.50x) is the
 best plan below 1.6x: pruning on top of it pays from 1.6x on.
 
@@ -59,8 +63,10 @@ PRESETS: dict[str, dict[str, dict]] = {
     # method     preset       knobs                                   keep ratios from the last scale backwards
     "faststar": {
         # single-branch guidance on the video clips' late scales, clip 0 (the first frame) guided throughout
-        "quality":  dict(keep_ratios=(0.8, 1.0, 1.0), update="restore", single_branch_last=3, single_branch_clip0=0),
-        "balanced": dict(keep_ratios=(0.0, 0.4, 1.0), update="restore", single_branch_last=3,   # last scale not run
+        # quality: the detail term in the score and pruned positions copied from the previous frame (section 12d)
+        "quality":  dict(keep_ratios=(0.8, 1.0, 1.0), update="copy", w_detail=1.0, single_branch_last=3,
+                         single_branch_clip0=0),
+        "balanced": dict(keep_ratios=(0.0, 0.4, 1.0), update="copy", single_branch_last=3,   # last scale not run
                          single_branch_clip0=0),
         "fast-hq":  dict(keep_ratios=(0.0, 0.6, 1.0, 1.0), last_k=4, max_reps=1, update="restore",
                          single_branch_last=5, single_branch_clip0=0),

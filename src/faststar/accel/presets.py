@@ -16,9 +16,9 @@ baselines in one run, `presets_720p_480p_s6.json`; the 2026-12-03 `quality` and 
 scales (section 11).
 
     preset     knobs                                                testbed v2 PSNR (min) 8B 720p e2e  480p e2e
-    quality    (0.8, 1, 1), copy, detail term; single-branch last 3 34.77 dB (29.94, s8)  1.71x        1.63x
+    quality    (0.8, 1, 1), copy, detail term; single-branch last 3 34.77 dB (29.94, s8)  1.71x        1.61x
                (video)
-    balanced   (0, 0.4, 1), copy: last scale not run;               29.35 dB (26.37, s8)  2.57x        2.24x
+    balanced   (0, 0.4, 1), copy: last scale not run;               29.35 dB (26.37, s8)  2.57x        2.22x
                single-branch last 3 (video)
     fast-hq    (0, 0.6, 1, 1) on the last 4, first repetition only; 26.61 dB (22.30)      3.70x        3.45x
                single-branch last 5 (video)
@@ -33,13 +33,15 @@ scales (section 11).
     prune-balanced (0.2, 0.5, 1), restore                           29.82 dB (v1 testbed) 1.88x (grid run)
     prune-fast (0.12, 0.25, 0.35, 0.5) on the last 4                20.94 dB (v1 testbed) 2.98x (grid run)
 
-Why these: at equal or higher measured speed each preset is above every baseline configuration we ran (skip,
-FastVAR, StageVAR as released and in the video clips only). Random selection at the same knobs reaches 33.93 /
-29.21 dB at `quality` / `balanced` (s8: FastSTAR +0.84 dB, better on 20 of 24 videos / +0.13 dB, 19 of 24) and
-26.69 / 26.48 dB at `fast-hq` / `fast` (s6: -0.08 / -0.02): there only 20-60 % of one scale is selected, and even an
-oracle that knows each token's damage in the decoded video gains only +0.02 dB over random at `fast` (section 12d). Not running the last scale costs less than keeping part of it on this testbed; the second-to-last scale
-at 20-60 % changes `fast` by < 0.2 dB and its speed by 9 %. StageVAR in the video clips alone (38 dB at 1.50x) is the
-best plan below 1.6x: pruning on top of it pays from 1.6x on.
+Why these: at equal or higher measured speed each preset is above every skip, FastVAR and StageVAR configuration we
+ran (as released and in the video clips only). Random selection at the same knobs reaches 33.93 / 29.21 dB at
+`quality` / `balanced` (s8: FastSTAR +0.84 dB, better on 20 of 24 videos / +0.13 dB, 19 of 24) and 26.42 / 26.20 dB
+at `fast-hq` / `fast` (s8: FastSTAR -0.08 / -0.02, a tie): there only 20-60 % of one scale is selected, and even an
+oracle that knows each token's damage in the decoded video gains only +0.02 dB over random at `fast` (section 12d).
+Not running the last scale costs less than keeping part of it on this testbed; the second-to-last scale at 20-60 %
+changes `fast` by < 0.2 dB and its speed by 9 %. StageVAR in the video clips alone (37.1 dB at 1.50x, s8) is
+FastSTAR with every keep ratio 1; the lightest pruning on top of it trades 0.6 dB for 5 % more speed (0.95: 36.50 dB
+at a predicted 1.57x), against 31.1 dB for StageVAR's next faster plan (single-branch last 4, 1.64x).
 
 FLOP-model savings at 8B (flop_plan; 720p 5 s / 480p 10 s):
     faststar quality          45.3%  1.83x       44.7%  1.81x

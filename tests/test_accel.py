@@ -431,6 +431,22 @@ def test_presets_flop_savings_at_8b_720p():
             assert 0.0 < flop_plan(m, p, sched)["saved"] < 1.0, (m, p)
 
 
+def test_random_presets_are_faststar_ratios_with_a_uniform_draw(tiny):
+    """random:X = faststar:X without the knobs that spread FastSTAR's kept set (block, anchors); the same plan."""
+    from faststar.accel.presets import SELECTION_SPREAD
+    assert PRESETS["faststar"]["fast"]["block"] == 2 and "block" not in PRESETS["random"]["fast"]
+    sched = official_schedule("720p", 5)
+    for p, knobs in PRESETS["random"].items():
+        assert not set(knobs) & set(SELECTION_SPREAD), p
+        assert {k: v for k, v in PRESETS["faststar"][p].items() if k not in SELECTION_SPREAD} == knobs, p
+        assert flop_plan("random", p, sched)["saved"] == pytest.approx(flop_plan("faststar", p, sched)["saved"]), p
+    # the spread selection keeps the planned count and runs on the tiny model like plain top-k
+    out_b = run(tiny, make_accelerator("faststar", "prune-balanced", block=2))
+    out_k = run(tiny, make_accelerator("faststar", "prune-balanced"))
+    assert [r["tokens_run"] for r in out_b.stats] == [r["tokens_run"] for r in out_k.stats]
+    assert any(not torch.equal(a, b) for a, b in zip(out_b.masks, out_k.masks) if a is not None)
+
+
 def test_mask_video_overlay(tiny):
     _, sched, _, _ = tiny
     out = run(tiny, make_accelerator("faststar", "prune-balanced"))

@@ -66,3 +66,27 @@ def test_paired_vs_random_counts_per_video_wins():
     assert len(out) == 1 and out[0]["method"] == "faststar:quality"        # faststar:fast has no random pair
     assert out[0]["videos"] == 3 and out[0]["wins"] == 2
     assert out[0]["mean_diff_db"] == pytest.approx((1.0 - 1.0 + 0.5) / 3)
+
+
+def test_paired_vs_random_spread_knobs_pair_with_uniform_control_and_explicit_pairs():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "paired_vs_random.py"
+    spec = importlib.util.spec_from_file_location("paired_vs_random", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.control_name("faststar:fast+block=2+w_detail=1") == "random:fast"
+    rows = [dict(method=m, prompt=p, seed=0, psnr=v) for m, p, v in [
+        ("faststar:fast+block=2", "a", 26.0), ("faststar:fast+block=2", "b", 25.0),
+        ("random:fast", "a", 25.5), ("random:fast", "b", 25.5),
+        ("stagevar:cfg0-video", "a", 37.0), ("stagevar:cfg0-video", "b", 36.0)]]
+    out = mod.paired(dict(rows=rows))
+    assert [(r["method"], r["control"], r["wins"]) for r in out] == [("faststar:fast+block=2", "random:fast", 1)]
+    assert out[0]["mean_diff_db"] == pytest.approx(0.0)
+    assert out[0]["se_db"] == pytest.approx(0.5)               # diffs +0.5, -0.5: sd 0.707, / sqrt(2)
+    by = mod._by_method(dict(rows=rows))
+    a, b = mod.split_pair("faststar:fast+block=2=stagevar:cfg0-video", by)
+    assert (a, b) == ("faststar:fast+block=2", "stagevar:cfg0-video")
+    assert mod.compare(by, a, b)["mean_diff_db"] == pytest.approx(-11.0)
+    with pytest.raises(SystemExit, match="not two methods"):
+        mod.split_pair("faststar:fast=random:slow", by)

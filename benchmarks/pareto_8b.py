@@ -134,9 +134,11 @@ def main(argv=None):
             sig, prune_layer = plan_signature(acc, model.schedule)
             hit = by_sig.get(sig)
             predicted = model.e2e_speedup(acc)
-            if hit is not None and (prune_layer == 0 or hit["method"] == m):
+            same_config = (hit is not None and hit["method"] == m
+                           and hit.get("accelerator") in (None, r.get("accelerator")))
+            if hit is not None and (prune_layer == 0 or same_config):
                 sp = hit["speedup_end_to_end"]
-                how = "measured" if hit["method"] == m else f"same plan as {hit['method']}"
+                how = "measured" if same_config else f"same plan as {hit['method']}"
             else:
                 sp, how = predicted, "predicted"
             rows.append(dict(method=m, family=family(m, r.get("accelerator", {})), psnr=r["psnr"],
@@ -154,8 +156,8 @@ def main(argv=None):
              "speedup | speed from |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['family']} | `{r['method']}` | {knobs(r['accelerator'])} | {r['psnr']:.2f} | {r['psnr_min']:.2f} | {r['ssim']:.3f} | "
-                     f"{r['n']} | {r['eval']} ({r['eval_device']}) | {r['speedup_8b']:.2f}x | {r['speed_source']} |")
+        lines.append(f"| {r['family']} | `{r['method']}` | {knobs(r['accelerator'])} | {r['psnr']:.2f} | "
+                     f"{r['psnr_min']:.2f} | {r['ssim']:.3f} | {r['n']} | {r['eval']} ({r['eval_device']}) | {r['speedup_8b']:.2f}x | {r['speed_source']} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     import matplotlib
     matplotlib.use("Agg")

@@ -5,24 +5,25 @@ Keep ratios are listed per prunable scale counted from the clip's LAST scale: (l
 latent frames in a video clip), the fourth is the last semantic scale 18x32; at 480p they are 30x53, 24x43, 18x32
 (all detail), then 12x21. Clip 0 (the first frame) is not pruned by default.
 
-FastSTAR presets (2026-12-03, third revision), chosen from measurements (benchmarks/RESULTS.md sections 12, 12d):
-testbed v2 PSNR against the same-seed dense video (GPU; `quality` and `balanced`: 6 prompts x 4 seeds, noise floor
-18.5 dB, `testbed_v2_session8.json`; the others 6 prompts x 2 seeds, floor 17.6 dB, `testbed_v2_session6.json`) and
-end-to-end speed of the 8B model at 720p 5 s on one H200 (transformer + VAE decode, dense 30.3-30.5 s; presets and
-baselines in one run, `presets_720p_480p_s6.json`; the 2026-12-03 `quality` and `balanced` in
-`timing_s8_dense.json`, 480p in `timing_s8.json`). Every preset guides clip 0
+FastSTAR presets (2026-12-03, fourth revision), chosen from measurements (benchmarks/RESULTS.md sections 12-12f):
+testbed v2 PSNR against the same-seed dense video (GPU, 6 prompts x 6 seeds, noise floor 17.1 dB,
+`testbed_v2_session9.json`; the older presets: 6 prompts x 2 seeds, floor 17.6 dB, `testbed_v2_session6.json`) and
+end-to-end speed of the 8B model at 720p 5 s on one H200 (transformer + VAE decode; the four presets and the
+baselines in one run, dense 30.46 s, `presets_720p_s9.json`; 480p 5 s: `quality` / `balanced` in `timing_s8.json`,
+`fast-hq` / `fast` in `presets_720p_480p_s6.json`, the same plans, dense 14.94 s). Every preset guides clip 0
 (the first frame) with both branches everywhere and runs the late scales of the video clips single-branch
 (`single_branch_clip0=0`): guidance matters on clip 0 and on the semantic scales, hardly on the video clip's detail
 scales (section 11).
 
     preset     knobs                                                testbed v2 PSNR (min) 8B 720p e2e  480p e2e
-    quality    (0.8, 1, 1), copy, detail term; single-branch last 3 34.77 dB (29.94, s8)  1.71x        1.61x
+    quality    (0.8, 1, 1), copy, detail term; single-branch last 3 35.21 dB (28.49)      1.72x        1.61x
                (video)
-    balanced   (0, 0.4, 1), copy: last scale not run;               29.35 dB (26.37, s8)  2.57x        2.22x
+    balanced   (0, 0.4, 1), copy: last scale not run;               29.23 dB (26.27)      2.58x        2.22x
                single-branch last 3 (video)
-    fast-hq    (0, 0.6, 1, 1) on the last 4, first repetition only; 26.61 dB (22.30)      3.70x        3.45x
-               single-branch last 5 (video)
-    fast       (0, 0.2, 1, 1), otherwise as fast-hq                 26.46 dB (22.24)      4.04x        3.76x
+    fast-hq    (0, 0.6, 1, 1) on the last 4, first repetition only, 26.40 dB (22.30)      3.70x        3.45x
+               kept tokens spread over 2x2 tiles; single-branch
+               last 5 (video)
+    fast       (0, 0.2, 1, 1), otherwise as fast-hq                 26.17 dB (22.24)      4.06x        3.76x
     guided-quality  (0.25, 1, 1), restore, two branches everywhere  31.11 dB (28.30)      1.62x        1.25x (s5)
     guided-balanced (0, 0.4, 1), restore, two branches everywhere   29.54 dB (26.64)      2.10x        1.72x (s5)
     guided-fast     (0, 0, 1, 1) on the last 4, first rep only      25.26 dB (22.24, s10) 3.24x (s5)   3.12x (s5)
@@ -34,14 +35,15 @@ scales (section 11).
     prune-fast (0.12, 0.25, 0.35, 0.5) on the last 4                20.94 dB (v1 testbed) 2.98x (grid run)
 
 Why these: at equal or higher measured speed each preset is above every skip, FastVAR and StageVAR configuration we
-ran (as released and in the video clips only). Random selection at the same knobs reaches 33.93 / 29.21 dB at
-`quality` / `balanced` (s8: FastSTAR +0.84 dB, better on 20 of 24 videos / +0.13 dB, 19 of 24) and 26.42 / 26.20 dB
-at `fast-hq` / `fast` (s8: FastSTAR -0.08 / -0.02, a tie): there only 20-60 % of one scale is selected, and even an
-oracle that knows each token's damage in the decoded video gains only +0.02 dB over random at `fast` (section 12d).
+ran (as released and in the video clips only). Random selection at the same knobs reaches 34.20 / 29.09 dB at
+`quality` / `balanced` (FastSTAR +1.01 dB, better on 30 of 36 videos / +0.13 dB, 25 of 36) and 26.39 / 26.17 dB at
+`fast-hq` / `fast` (+0.02 / +0.00, a tie): there only 20-60 % of one scale is selected, and even an oracle that knows
+each token's damage in the decoded video does no better than random (sections 12d, 12e); FastSTAR's plain top-k
+was 0.03-0.08 dB below random there, spreading the kept set over 2x2 tiles (`block=2`) brings it level.
 Not running the last scale costs less than keeping part of it on this testbed; the second-to-last scale at 20-60 %
-changes `fast` by < 0.2 dB and its speed by 9 %. StageVAR in the video clips alone (37.1 dB at 1.50x, s8) is
-FastSTAR with every keep ratio 1; the lightest pruning on top of it trades 0.6 dB for 5 % more speed (0.95: 36.50 dB
-at a predicted 1.57x), against 31.1 dB for StageVAR's next faster plan (single-branch last 4, 1.64x).
+changes `fast` by < 0.2 dB and its speed by 9 %. StageVAR in the video clips alone (37.7 dB at 1.52x) is
+FastSTAR with every keep ratio 1; the lightest pruning on top of it trades 0.4 dB for 2 % more speed (0.97: 37.32 dB
+at a predicted 1.55x), against 31.1 dB for StageVAR's next faster plan (single-branch last 4, 1.64x).
 
 FLOP-model savings at 8B (flop_plan; 720p 5 s / 480p 10 s):
     faststar quality          45.3%  1.83x       44.7%  1.81x

@@ -84,7 +84,8 @@ def test_8b_preset_matches_manifest(golden):
     for e in man["state_dict"]:
         t = sd[e["key"]]
         assert list(t.shape) == list(e["shape"]), e["key"]
-        want = {"bfloat16": torch.bfloat16, "float32": torch.float32}[e["dtype_after_load_transformer"].replace("torch.", "")]
+        dtype_name = e["dtype_after_load_transformer"].replace("torch.", "")
+        want = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype_name]
         assert t.dtype == want, e["key"]
     assert sum(t.numel() for t in sd.values()) == man["num_parameters"] == 8_768_382_112
 

@@ -157,7 +157,8 @@ def main(argv=None):
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['family']} | `{r['method']}` | {knobs(r['accelerator'])} | {r['psnr']:.2f} | "
-                     f"{r['psnr_min']:.2f} | {r['ssim']:.3f} | {r['n']} | {r['eval']} ({r['eval_device']}) | {r['speedup_8b']:.2f}x | {r['speed_source']} |")
+                     f"{r['psnr_min']:.2f} | {r['ssim']:.3f} | {r['n']} | {r['eval']} ({r['eval_device']}) | "
+                     f"{r['speedup_8b']:.2f}x | {r['speed_source']} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     import matplotlib
     matplotlib.use("Agg")

@@ -15,17 +15,17 @@ import argparse
 import json
 from pathlib import Path
 
+from faststar.accel.presets import SELECTION_SPREAD
+
 
 # knobs that only change how FastSTAR scores tokens: the random control ignores them
 SCORE_KNOBS = ("spatial", "temporal", "w_sp", "w_tm", "w_detail", "norm", "probe_layer")
-# knobs that spread FastSTAR's kept set over the grid: the control stays a uniform draw (presets.SELECTION_SPREAD)
-SPREAD_KNOBS = ("block", "anchors")
 
 
 def control_name(method: str) -> str:
     """random:X for faststar:X, without the knobs that random selection does not read."""
     parts = method[len("faststar:"):].split("+")
-    kept = [parts[0]] + [p for p in parts[1:] if p.split("=")[0] not in SCORE_KNOBS + SPREAD_KNOBS]
+    kept = [parts[0]] + [p for p in parts[1:] if p.split("=")[0] not in SCORE_KNOBS + SELECTION_SPREAD]
     return "random:" + "+".join(kept)
 
 

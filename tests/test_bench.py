@@ -51,13 +51,18 @@ def test_plan_kinds_decide_which_methods_need_a_warm_up():
     assert kinds("faststar:balanced") == {"dense", "single-branch", "pruned+single-branch"}
 
 
-def test_paired_vs_random_counts_per_video_wins():
+def _paired_vs_random():
     import importlib.util
     from pathlib import Path
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "paired_vs_random.py"
     spec = importlib.util.spec_from_file_location("paired_vs_random", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_paired_vs_random_counts_per_video_wins():
+    mod = _paired_vs_random()
     rows = [dict(method=m, prompt=p, seed=s, psnr=v) for m, p, s, v in [
         ("faststar:quality", "a", 0, 30.0), ("faststar:quality", "b", 0, 25.0), ("faststar:quality", "a", 1, 28.0),
         ("random:quality", "a", 0, 29.0), ("random:quality", "b", 0, 26.0), ("random:quality", "a", 1, 27.5),
@@ -69,12 +74,7 @@ def test_paired_vs_random_counts_per_video_wins():
 
 
 def test_paired_vs_random_spread_knobs_pair_with_uniform_control_and_explicit_pairs():
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "paired_vs_random.py"
-    spec = importlib.util.spec_from_file_location("paired_vs_random", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _paired_vs_random()
     assert mod.control_name("faststar:fast+block=2+w_detail=1") == "random:fast"
     rows = [dict(method=m, prompt=p, seed=0, psnr=v) for m, p, v in [
         ("faststar:fast+block=2", "a", 26.0), ("faststar:fast+block=2", "b", 25.0),

@@ -507,6 +507,52 @@ def test_max_reps_drops_later_repetitions_of_prunable_scales(tiny):
         make_accelerator("faststar", "guided-balanced", max_reps=-1)
 
 
+def test_keep_reps_last_and_partial_repetitions(tiny):
+    """keep_reps="last" runs a scale's last repetitions instead of its first; rep_keep runs the dropped ones on that
+    share of their tokens with Partial Update (zero codes at the pruned positions, whatever ``update`` says), and
+    the run, the FLOP plan and the kept masks agree."""
+    model, sched, text, _ = tiny
+    kw = dict(keep_ratios=(1.0, 1.0), last_k=2, max_reps=1, update="restore")
+    two = [st for st in sched.steps if st.scale.clip > 0 and st.scale.reps == 2 and st.scale.index_in_clip == 3]
+    assert len(two) == 4
+    first = make_accelerator("faststar", "guided-balanced", **kw)
+    last = make_accelerator("faststar", "guided-balanced", **kw, keep_reps="last")
+    for st in two:
+        assert first.budget(sched, st).run == (st.rep == 0) and last.budget(sched, st).run == (st.rep == 1)
+    out = run(tiny, last)
+    N = two[0].scale.num_tokens
+    assert [out.stats[st.index]["tokens_run"] for st in two] == [0, N, 0, N]
+    assert not torch.equal(out.latent, run(tiny, first).latent)
+
+    part = make_accelerator("faststar", "guided-balanced", **kw, rep_keep=0.5)
+    log = recording(part)
+    out = run(tiny, part)
+    assert [out.stats[st.index]["tokens_run"] for st in two] == [N, N // 2, N, N // 2]
+    fp = flop_plan(make_accelerator("faststar", "guided-balanced", **kw, rep_keep=0.5), schedule=sched,
+                   model_cfg=model.cfg, text_len=7)
+    assert [r["tokens_run"] for r in out.stats] == [r["tokens_run"] for r in fp["steps"]]
+    checked = 0
+    for st, canvas_before, o in log:
+        if st in two and st.rep == 1:
+            checked += 1
+            kept = torch.zeros(N, dtype=torch.bool)
+            kept[o.keep_idx] = True
+            assert kept.sum() == N // 2 and torch.equal(kept, out.masks[st.index].flatten())
+            codes_Nd = o.codes[0].permute(1, 2, 3, 0).reshape(N, st.scale.bits)
+            assert (codes_Nd[~kept] == 0).all() and (codes_Nd[kept] != 0).all()     # Partial Update, not restore
+            assert torch.equal(o.canvas, canvas_before + lift_codes(o.codes, model.cfg.d_vae, sched.final_hw))
+    assert checked == 2
+    assert torch.equal(run(tiny, make_accelerator("faststar", "guided-balanced", **kw, rep_keep=0.5)).latent,
+                       out.latent)                                # same seed, same video
+    # a scale with keep ratio 0 stays off, its dropped repetitions included
+    off = make_accelerator("faststar", "guided-balanced", **{**kw, "keep_ratios": (1.0, 0.0)}, rep_keep=0.5)
+    assert not any(off.budget(sched, st).run for st in two)
+    with pytest.raises(ValueError, match="max_reps > 0"):
+        make_accelerator("faststar", "guided-balanced", rep_keep=0.5)
+    with pytest.raises(ValueError, match="keep_reps"):
+        make_accelerator("faststar", "guided-balanced", max_reps=1, keep_reps="middle")
+
+
 def test_mean_update_gives_pruned_positions_the_expected_code(tiny):
     from faststar.sampling import GuidanceConfig, expected_codes, guide
     model, sched, _, dense = tiny

@@ -48,6 +48,7 @@ UPDATES = ("partial", "restore", "mean", "copy")
 RESTORING = ("restore", "mean", "copy")       # updates that give every pruned position hidden states
 FILLS = ("zero", "restore", "mean")
 SELECT_MODES = ("ratio", "threshold")
+KEEP_REPS = ("first", "last")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -400,6 +401,12 @@ class FastSTARConfig:
         runs no block, only the head and guidance on the restored states.
     skipped_reps: the same for the repetitions that ``max_reps`` drops, restored from the scale's last
         repetition that ran.
+    max_reps: > 0 runs at most this many repetitions of each prunable scale (0 = all of them).
+    keep_reps: which repetitions ``max_reps`` keeps: "first" (reps 0 .. max_reps-1) or "last" (the final
+        max_reps: the scale's last repetition is the one the next scale builds on).
+    rep_keep: > 0 runs the repetitions that ``max_reps`` drops on this fraction of their tokens instead of not at
+        all, the most important ones by the step's score, with Partial Update (zero codes at the others: only the
+        unsettled positions get the extra refinement). 0 = dropped (the default).
     probe_layer: blocks run on all tokens before scoring when spatial="hidden".
     eps: cosine epsilon (all-zero vectors compare equal).
     dense_ref_steps: a step that a later clip attends to runs dense (its K/V is the next clip's context);
@@ -445,6 +452,8 @@ class FastSTARConfig:
     max_reps: int = 0
     skipped: str = "zero"
     skipped_reps: str = "zero"
+    keep_reps: str = "first"
+    rep_keep: float = 0.0
     proportional: bool = False
     seed_offset: int = 0
 
@@ -488,6 +497,14 @@ class FastSTARConfig:
             raise ValueError("anchors and block are two ways to spread the kept tokens: set one of them")
         if self.max_reps < 0:
             raise ValueError(f"max_reps must be >= 0 (0 = every repetition), got {self.max_reps}")
+        if self.keep_reps not in KEEP_REPS:
+            raise ValueError(f"keep_reps must be one of {KEEP_REPS}, got {self.keep_reps!r}")
+        self.rep_keep = float(self.rep_keep)
+        if not 0.0 <= self.rep_keep <= 1.0:
+            raise ValueError(f"rep_keep must be in [0, 1], got {self.rep_keep}")
+        if self.rep_keep > 0 and (self.max_reps == 0 or self.mode != "ratio"):
+            raise ValueError("rep_keep runs the repetitions that max_reps drops on part of their tokens: it needs "
+                             f"max_reps > 0 and mode='ratio' (got max_reps={self.max_reps}, mode={self.mode!r})")
 
 
 class FastSTAR(Accelerator):
@@ -535,8 +552,16 @@ class FastSTAR(Accelerator):
 
     # -- what runs where (pure schedule logic, shared by plan and budget) -------------------------------------
     def keep_ratio(self, schedule: Schedule, step: Step) -> float | None:
-        """Keep ratio of a prunable step (threshold mode: the cap), or None if the step is not prunable."""
-        c, s = self.cfg, step.scale
+        """Keep ratio of a prunable step (threshold mode: the cap; a dropped repetition run in part: rep_keep),
+        or None if the step is not prunable."""
+        rho = self._scale_ratio(schedule, step.scale)
+        if rho and self._partial_rep(schedule, step):
+            return self.cfg.rep_keep
+        return rho
+
+    def _scale_ratio(self, schedule: Schedule, s: Scale) -> float | None:
+        """Keep ratio of a prunable scale (threshold mode: the cap), or None if the scale is not prunable."""
+        c = self.cfg
         if s.clip == 0 and not c.prune_clip0:
             return None
         k = c.last_k if c.last_k is not None else detail_scale_count(schedule, s.clip)
@@ -575,13 +600,25 @@ class FastSTAR(Accelerator):
         return self.cfg.spatial == "hidden"
 
     def _runs_reps(self, schedule: Schedule, scale: Scale) -> int:
-        """How many repetitions of ``scale`` run (``max_reps`` on prunable scales; a referenced step always runs)."""
+        """How many repetitions of ``scale`` run in full (``max_reps`` on prunable scales; a scale with a
+        referenced step runs them all)."""
         r = self.cfg.max_reps
-        if r <= 0 or r >= scale.reps or self.keep_ratio(schedule, schedule.steps[scale.first_step]) is None:
+        if r <= 0 or r >= scale.reps or self._scale_ratio(schedule, scale) is None:
             return scale.reps
-        if any(schedule.is_ref_step(schedule.steps[scale.first_step + i]) for i in range(r, scale.reps)):
+        if any(schedule.is_ref_step(schedule.steps[scale.first_step + i]) for i in range(scale.reps)):
             return scale.reps
         return r
+
+    def _rep_dropped(self, schedule: Schedule, step: Step) -> bool:
+        """A repetition that ``max_reps`` does not run in full (``keep_reps`` says which ones it keeps)."""
+        reps, r = step.scale.reps, self._runs_reps(schedule, step.scale)
+        if r >= reps:
+            return False
+        return step.rep >= r if self.cfg.keep_reps == "first" else step.rep < reps - r
+
+    def _partial_rep(self, schedule: Schedule, step: Step) -> bool:
+        """A dropped repetition that runs on ``rep_keep`` of its tokens (Partial Update) instead of not at all."""
+        return self.cfg.rep_keep > 0 and self._rep_dropped(schedule, step)
 
     def _fill_mode(self, schedule: Schedule, step: Step) -> tuple[str, str] | None:
         """For a step that does not run its blocks (keep ratio 0, or a repetition beyond ``max_reps``): (fill,
@@ -591,7 +628,7 @@ class FastSTAR(Accelerator):
         c = self.cfg
         if c.mode == "ratio" and self.keep_ratio(schedule, step) == 0.0:
             return (c.skipped, "previous") if step.rep == 0 else (c.skipped_reps, "same")
-        if step.rep >= self._runs_reps(schedule, step.scale):
+        if self._rep_dropped(schedule, step) and not self._partial_rep(schedule, step):
             return (c.skipped_reps, "same")
         return None
 
@@ -677,7 +714,8 @@ class FastSTAR(Accelerator):
             return StepPlan(branches=b.branches)
         rho = self.keep_ratio(sch, st)
         info = dict(keep_ratio=rho, n_keep=b.tokens)
-        restore, update = None, self.update_at(sch, st.scale)
+        # a dropped repetition run in part refines only its kept positions: Partial Update, whatever ``update`` says
+        restore, update = None, "partial" if self._partial_rep(sch, st) else self.update_at(sch, st.scale)
         info["update"] = update
         if update in RESTORING:
             if self._prev.previous(st.scale) is not None:

@@ -403,7 +403,7 @@ class FastSTARConfig:
         repetition that ran.
     max_reps: > 0 runs at most this many repetitions of each prunable scale (0 = all of them).
     keep_reps: which repetitions ``max_reps`` keeps: "first" (reps 0 .. max_reps-1) or "last" (the final
-        max_reps: the scale's last repetition is the one the next scale builds on).
+        max_reps of the scale).
     rep_keep: > 0 runs the repetitions that ``max_reps`` drops on this fraction of their tokens instead of not at
         all, the most important ones by the step's score, with Partial Update (zero codes at the others: only the
         unsettled positions get the extra refinement). 0 = dropped (the default).

@@ -72,7 +72,7 @@ class Probe(FastSTAR):
         if ctx.step.index in self.partial and out.hidden is not None and out.hidden.shape[1] == s.num_tokens:
             m_own = bit_means(ctx.model.logits(out.hidden[:1], s.bits)[0])
             prev = self._prev.previous(s)
-            if self.update_at(ctx.schedule, s) == "partial" or prev is None:
+            if self.update_at(ctx.schedule, ctx.step) == "partial" or prev is None:
                 d = m_own.abs().mean(-1)
             else:
                 m_fill = bit_means(ctx.model.logits(resize_tokens(prev[1][:1], prev[0], s.thw, "trilinear"),

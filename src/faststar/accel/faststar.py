@@ -572,13 +572,16 @@ class FastSTAR(Accelerator):
             return c.cap
         return per_scale(c.keep_ratios, j, 1.0)
 
-    def update_at(self, schedule: Schedule, scale: Scale) -> str:
-        """The update rule (one of UPDATES) of a prunable scale: ``update`` itself, or its entry for the scale's
-        position from the clip's end (the last entry beyond the tuple)."""
+    def update_at(self, schedule: Schedule, step: Step) -> str:
+        """The update rule (one of UPDATES) of a pruned step: ``update`` itself, or its entry for the scale's
+        position from the clip's end (the last entry beyond the tuple). A dropped repetition run in part
+        (``rep_keep``) refines only its kept positions: Partial Update, whatever ``update`` says."""
+        if self._partial_rep(schedule, step):
+            return "partial"
         u = self.cfg.update
         if isinstance(u, str):
             return u
-        return u[min(position_from_end(schedule, scale), len(u) - 1)]
+        return u[min(position_from_end(schedule, step.scale), len(u) - 1)]
 
     def _scored(self, clip: int) -> bool:
         """Whether a score exists on this clip (clip 0 has no temporal term)."""
@@ -628,7 +631,7 @@ class FastSTAR(Accelerator):
         c = self.cfg
         if c.mode == "ratio" and self.keep_ratio(schedule, step) == 0.0:
             return (c.skipped, "previous") if step.rep == 0 else (c.skipped_reps, "same")
-        if self._rep_dropped(schedule, step) and not self._partial_rep(schedule, step):
+        if self.cfg.rep_keep == 0 and self._rep_dropped(schedule, step):
             return (c.skipped_reps, "same")
         return None
 
@@ -679,7 +682,7 @@ class FastSTAR(Accelerator):
         nxt = schedule.steps[schedule.scales[s.index + 1].first_step]
         if self._skipped(schedule, nxt):
             return self._filled(schedule, nxt) and self._fill_mode(schedule, nxt)[1] == "previous"
-        nxt_restores = self.update_at(schedule, nxt.scale) in RESTORING
+        nxt_restores = self.update_at(schedule, nxt) in RESTORING
         return self._next_scale_pruned(schedule, step) and (nxt_restores or c.spatial == "confidence")
 
     # -- plan -----------------------------------------------------------------------------------------------
@@ -714,8 +717,7 @@ class FastSTAR(Accelerator):
             return StepPlan(branches=b.branches)
         rho = self.keep_ratio(sch, st)
         info = dict(keep_ratio=rho, n_keep=b.tokens)
-        # a dropped repetition run in part refines only its kept positions: Partial Update, whatever ``update`` says
-        restore, update = None, "partial" if self._partial_rep(sch, st) else self.update_at(sch, st.scale)
+        restore, update = None, self.update_at(sch, st)
         info["update"] = update
         if update in RESTORING:
             if self._prev.previous(st.scale) is not None:
@@ -761,7 +763,7 @@ class FastSTAR(Accelerator):
             prev = self._prev.previous(s)
             if prev is not None:
                 # the restore of this step needs every row resized: do it once and hand it over
-                restores = self.update_at(ctx.schedule, s) in RESTORING
+                restores = self.update_at(ctx.schedule, ctx.step) in RESTORING
                 rows = prev[1] if restores else prev[1][:1]
                 g = resize_tokens(rows, prev[0], s.thw, "trilinear")
                 self._resized = (ctx.step.index, (s.thw, g))

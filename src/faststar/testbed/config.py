@@ -114,4 +114,14 @@ def tiny_spec() -> TrainSpec:
                      text_pad=64, vae_crop_hw=None)
 
 
-SPECS = {"testbed": testbed_spec, "tiny": tiny_spec}
+def testbed_long_spec() -> TrainSpec:
+    """A second testbed for the accelerator study: the testbed with a video clip of 8 latent frames (33 pixel
+    frames) instead of 4, so the last clip has twice the temporal redundancy (the 8B's 5 s clip has 20). Same pixel
+    size, pyramid, VAE (train it with ``--init-vae`` from the shipped testbed) and transformer size."""
+    spec = testbed_spec()
+    spec.name = NAME + "-long"
+    spec.schedule = {**spec.schedule, "clip_frames": [1, 8]}
+    return spec
+
+
+SPECS = {"testbed": testbed_spec, "testbed-long": testbed_long_spec, "tiny": tiny_spec}

@@ -751,7 +751,7 @@ def export_weights(folder: Path, vae: VideoVAE, model: STARTransformer, spec: Tr
 
 def args_fps(spec: TrainSpec) -> int:
     """Frame rate to write generated clips at: the training clips run at 10-15 fps (median 12.5)."""
-    return 12 if spec.name == NAME else FPS
+    return 12 if spec.name.startswith(NAME) else FPS
 
 
 @torch.no_grad()

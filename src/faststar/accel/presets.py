@@ -41,8 +41,9 @@ the shipped testbed (+0.01 +- 0.02 dB, 36 GPU videos), +0.20 +- 0.05 dB above it
 plain top-k falls 0.20 dB below random selection and the anchored one is level with random.
 
 Why these: at equal or higher measured speed each preset is above every skip, FastVAR and StageVAR configuration we
-ran (as released and in the video clips only). Random selection at the same knobs reaches 34.20 / 29.09 dB at
-`quality` / `balanced` (FastSTAR +1.01 dB, better on 30 of 36 videos / +0.13 dB, 25 of 36) and 26.39 / 26.17 dB at
+ran (as released and in the video clips only). Random selection at the same knobs reaches 34.20 / 29.10 dB at
+`quality` / `balanced` (FastSTAR +1.01 dB, better on 30 of 36 videos / +0.17 dB, 28 of 36, the 2026-12-04 run
+`testbed_v2_anchors_s13.json`; level with random on testbed-long, section 12h) and 26.39 / 26.17 dB at
 `fast-hq` / `fast` (+0.02 / +0.00, a tie): there only 20-60 % of one scale is selected, and even an oracle that knows
 each token's damage in the decoded video does no better than random (sections 12d, 12e; nor at 3.5-4x with other
 plans, 12g); FastSTAR's plain top-k was 0.03-0.08 dB below random there, spreading the kept set over 2x2 tiles

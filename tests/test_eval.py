@@ -82,8 +82,7 @@ def test_eval_cache_is_keyed_by_the_resolved_config(tmp_path):
     r = ev.Runner(pipe, tmp_path)
     item = {"prompt": "a ball rolls"}
     r.run("faststar:balanced+keep_ratios=0.5/0.7/1.0", item, 0)
-    # quality = balanced with the detail term (the keep ratios are set here)
-    r.run("faststar:quality+keep_ratios=0.5/0.7/1.0+w_detail=0", item, 0)
+    r.run("faststar:quality+keep_ratios=0.5/0.7/1.0+w_detail=0", item, 0)      # quality = balanced + the detail term
     assert len(list((tmp_path / "runs").glob("*.json"))) == 1
     r.run("faststar:balanced+keep_ratios=0.5/0.8/1.0", item, 0)
     assert len(list((tmp_path / "runs").glob("*.json"))) == 2

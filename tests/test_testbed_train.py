@@ -36,13 +36,11 @@ def test_testbed_schedule_shape():
 
 def test_testbed_long_spec_doubles_the_video_clip_only():
     base, long = tb_config.testbed_spec(), tb_config.testbed_long_spec()
-    s = long.build_schedule()
+    s, video = long.build_schedule(), base.build_schedule().clip_scales(1)
     assert long.pixel_frames == 33 and s.pixel_frames == 33 and s.pixel_size() == (256, 448)
-    assert [sc.thw for sc in s.clip_scales(1)] == [(8, h, w) for _, h, w in
-                                                    (sc.thw for sc in base.build_schedule().clip_scales(1))]
+    assert [sc.thw for sc in s.clip_scales(1)] == [(8, h, w) for _, h, w in (sc.thw for sc in video)]
     # every step of the video clip has twice the tokens: the total grows by the video clip's dense total
-    assert sum(st.scale.num_tokens for st in s.steps) == 7872 + sum(
-        sc.num_tokens * sc.reps for sc in base.build_schedule().clip_scales(1))
+    assert sum(st.scale.num_tokens for st in s.steps) == 7872 + sum(sc.num_tokens * sc.reps for sc in video)
     assert (long.vae, long.transformer, long.pixel_hw) == (base.vae, base.transformer, base.pixel_hw)
     assert "testbed-long" in tb_config.SPECS and long.name != base.name
 

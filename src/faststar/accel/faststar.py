@@ -165,10 +165,10 @@ def select_anchored(score_N: torch.Tensor, n_keep: int, share: float, generator:
     whatever the score), the rest the highest-scoring of the others. Sorted ascending."""
     N = score_N.numel()
     n_a = min(n_keep, int(round(share * n_keep)))
-    s = score_N.detach().float().cpu().clone()
+    s = score_N.detach().float().clone()           # stays on its device: no copy of the scores to the host
     if n_a > 0:
-        s[torch.randperm(N, generator=generator)[:n_a]] = float("inf")
-    return select_topk(s, n_keep).to(score_N.device)
+        s[torch.randperm(N, generator=generator)[:n_a].to(s.device)] = float("inf")
+    return select_topk(s, n_keep)
 
 
 def keep_count(ratio: float, n: int) -> int:

@@ -5,7 +5,7 @@ Keep ratios are listed per prunable scale counted from the clip's LAST scale: (l
 latent frames in a video clip), the fourth is the last semantic scale 18x32; at 480p they are 30x53, 24x43, 18x32
 (all detail), then 12x21. Clip 0 (the first frame) is not pruned by default.
 
-FastSTAR presets (2026-12-03, fourth revision; `balanced` 2026-12-04), chosen from measurements (RESULTS.md 12-12h):
+FastSTAR presets (2026-12-03, fourth revision; anchored selection 2026-12-04), chosen from measurements (RESULTS 12-12h):
 testbed v2 PSNR against the same-seed dense video (GPU, 6 prompts x 6 seeds, noise floor 17.1 dB,
 `testbed_v2_session9.json`; the older presets: 6 prompts x 2 seeds, floor 17.6 dB, `testbed_v2_session6.json`) and
 end-to-end speed of the 8B model at 720p 5 s on one H200 (transformer + VAE decode; the four presets and the

@@ -103,6 +103,10 @@ def knobs(acc: dict | None) -> str:
         parts.append(f"reps {acc['max_reps']}")
     if acc.get("single_branch_last"):
         parts.append(f"1-branch {acc['single_branch_last']}")
+    if acc.get("block"):              # how the kept set is drawn: same plan, so same speed, but not the same video
+        parts.append(f"block {acc['block']}")
+    if acc.get("anchors"):
+        parts.append(f"anchors {float(acc['anchors']):g}")
     return ", ".join(parts)
 
 

@@ -5,26 +5,27 @@ Keep ratios are listed per prunable scale counted from the clip's LAST scale: (l
 latent frames in a video clip), the fourth is the last semantic scale 18x32; at 480p they are 30x53, 24x43, 18x32
 (all detail), then 12x21. Clip 0 (the first frame) is not pruned by default.
 
-FastSTAR presets (2026-12-03, fourth revision; anchored selection 2026-12-04), chosen from measurements (RESULTS 12-12h):
+FastSTAR presets (2026-12-03, fourth revision; anchored selection 2026-12-04), chosen from measurements
+(RESULTS 12-12i):
 testbed v2 PSNR against the same-seed dense video (GPU, 6 prompts x 6 seeds, noise floor 17.1 dB,
 `testbed_v2_session9.json`; the older presets: 6 prompts x 2 seeds, floor 17.6 dB, `testbed_v2_session6.json`) and
-end-to-end speed of the 8B model at 720p 5 s on one H200 (transformer + VAE decode; the four presets and the
-baselines in one run, dense 30.46 s, `presets_720p_s9.json`; 480p 5 s: `quality` / `balanced` in `timing_s8.json`,
-`fast-hq` / `fast` in `presets_720p_480p_s6.json`, the same plans, dense 14.94 s). Every preset guides clip 0
-(the first frame) with both branches everywhere and runs the late scales of the video clips single-branch
-(`single_branch_clip0=0`): guidance matters on clip 0 and on the semantic scales, hardly on the video clip's detail
-scales (section 11).
+end-to-end speed of the 8B model at 720p 5 s on one H200 (transformer + VAE decode; the four presets in one run,
+dense 30.47 s, `timing_s14.json`; the baselines in `presets_720p_s9.json`, dense 30.46 s; 480p 5 s: `quality` /
+`balanced` in `timing_s8.json`, `fast-hq` / `fast` in `presets_720p_480p_s6.json`, the same plans, dense 14.94 s).
+Every preset guides clip 0 (the first frame) with both branches everywhere and runs the late scales of the video
+clips single-branch (`single_branch_clip0=0`): guidance matters on clip 0 and on the semantic scales, hardly on the
+video clip's detail scales (section 11).
 
     preset     knobs                                                testbed v2 PSNR (min) 8B 720p e2e  480p e2e
-    quality    (0.8, 1, 1), copy, detail term, anchors=0.5;         35.21 dB (28.49)      1.72x (same     1.61x
-               single-branch last 3 (video)                         top-k; +0.47 CPU  plan, top-k timed)
-    balanced   (0, 0.4, 1), copy, half of the kept tokens uniform   29.27 dB (26.21, s13) 2.58x (same     2.22x
-               (anchors=0.5): last scale not run; single-branch      plan, top-k timed)
+    quality    (0.8, 1, 1), copy, detail term, anchors=0.5;         35.72 dB (29.94, s14) 1.72x (s14)  1.61x
+               single-branch last 3 (video)
+    balanced   (0, 0.4, 1), copy, half of the kept tokens uniform   29.27 dB (26.21, s13) 2.58x (s14)  2.22x
+               (anchors=0.5): last scale not run; single-branch
                last 3 (video)
-    fast-hq    (0, 0.6, 1, 1) on the last 4, first repetition only, 26.40 dB (22.30)      3.70x        3.45x
+    fast-hq    (0, 0.6, 1, 1) on the last 4, first repetition only, 26.40 dB (22.30)      3.72x (s14)  3.45x
                kept tokens spread over 2x2 tiles; single-branch
                last 5 (video)
-    fast       (0, 0.2, 1, 1), otherwise as fast-hq                 26.17 dB (22.24)      4.06x        3.76x
+    fast       (0, 0.2, 1, 1), otherwise as fast-hq                 26.17 dB (22.24)      4.07x (s14)  3.76x
     guided-quality  (0.25, 1, 1), restore, two branches everywhere  31.11 dB (28.30)      1.62x        1.25x (s5)
     guided-balanced (0, 0.4, 1), restore, two branches everywhere   29.54 dB (26.64)      2.10x        1.72x (s5)
     guided-fast     (0, 0, 1, 1) on the last 4, first rep only      25.26 dB (22.24, s10) 3.24x (s5)   3.12x (s5)
@@ -35,21 +36,21 @@ scales (section 11).
     prune-balanced (0.2, 0.5, 1), restore                           29.82 dB (v1 testbed) 1.88x (grid run)
     prune-fast (0.12, 0.25, 0.35, 0.5) on the last 4                20.94 dB (v1 testbed) 2.98x (grid run)
 
-`quality` and `balanced` since 2026-12-04 (section 12h): anchors=0.5 (half of the kept tokens drawn uniformly, half
-by score) in place of plain top-k: the same steps and token counts (their speed is the top-k plans', measured).
-`balanced`: level with top-k on the shipped testbed (+0.01 +- 0.02 dB, 36 GPU videos), +0.20 +- 0.05 dB above it on
-the 8-frame testbed-long, where plain top-k falls 0.20 dB below random selection and the anchored one is level with
-random. `quality`: +0.47 +- 0.12 dB over top-k on the shipped testbed (18 CPU videos), +1.21 +- 0.30 on testbed-long
-(12 CPU videos); its PSNR in the table is the top-k run's (GPU); not yet run on the GPU.
+`quality` and `balanced` since 2026-12-04 (sections 12h, 12i): anchors=0.5 (half of the kept tokens drawn uniformly,
+half by score) in place of plain top-k, at the same speed (timed at 8B with both selections in one run,
+`timing_s14.json`: within 0.04 s). `balanced`: level with top-k on the shipped testbed (+0.01 +- 0.02 dB, 36 GPU
+videos), +0.20 +- 0.05 dB above it on the 8-frame testbed-long, where plain top-k falls 0.20 dB below random
+selection and the anchored one is level with random. `quality`: +0.56 +- 0.10 dB over top-k on the shipped testbed
+(36 GPU videos, `testbed_v2_quality_anchors_s14.json`), +1.21 +- 0.30 on testbed-long (12 CPU videos).
 
 Why these: at equal or higher measured speed each preset is above every skip, FastVAR and StageVAR configuration we
-ran (as released and in the video clips only). Random selection at the same knobs reaches 34.20 / 29.10 dB at
-`quality` / `balanced` (FastSTAR +1.01 dB, better on 30 of 36 videos / +0.17 dB, 28 of 36, the 2026-12-04 run
-`testbed_v2_anchors_s13.json`; level with random on testbed-long, section 12h) and 26.39 / 26.17 dB at
-`fast-hq` / `fast` (+0.02 / +0.00, a tie): there only 20-60 % of one scale is selected, and even an oracle that knows
-each token's damage in the decoded video does no better than random (sections 12d, 12e; nor at 3.5-4x with other
-plans, 12g); FastSTAR's plain top-k was 0.03-0.08 dB below random there, spreading the kept set over 2x2 tiles
-(`block=2`) brings it level.
+ran (as released and in the video clips only). Random selection at the same knobs reaches 34.12 / 29.10 dB at
+`quality` / `balanced` (FastSTAR +1.60 dB, better on 35 of 36 videos, 2026-12-07 / +0.17 dB, 28 of 36, the
+2026-12-04 run `testbed_v2_anchors_s13.json`; `balanced` level with random on testbed-long, section 12h) and
+26.39 / 26.17 dB at `fast-hq` / `fast` (+0.02 / +0.00, a tie): there only 20-60 % of one scale is selected, and
+even an oracle that knows each token's damage in the decoded video does no better than random (sections 12d, 12e;
+nor at 3.5-4x with other plans, 12g); FastSTAR's plain top-k was 0.03-0.08 dB below random there, spreading the
+kept set over 2x2 tiles (`block=2`) brings it level.
 Not running the last scale costs less than keeping part of it on this testbed; the second-to-last scale at 20-60 %
 changes `fast` by < 0.2 dB and its speed by 9 %. StageVAR in the video clips alone (37.7 dB at 1.52x) is
 FastSTAR with every keep ratio 1; the lightest pruning on top of it trades 0.4 dB for 2 % more speed (0.97: 37.32 dB

@@ -624,15 +624,18 @@ def test_a_single_keep_ratio_or_anchor_share_applies_to_every_prunable_scale():
     assert per_scale(0.3, 5, 1.0) == 0.3 and per_scale((0.2,), 1, 1.0) == 1.0
 
 
-def test_anchored_pruning_runs_the_planned_tokens_reproducibly(tiny):
+@pytest.mark.parametrize("update,kw", [("restore", dict(anchors=0.5)), ("copy", dict(temporal="copy_source"))])
+def test_selection_variants_run_the_planned_tokens_reproducibly(tiny, update, kw):
+    """anchored selection, and the copy-source temporal term: same seed same video, the planned token counts, and a
+    different video from plain top-k with the same update."""
     acc = lambda: make_accelerator("faststar", "guided-balanced", keep_ratios=(0.3, 0.6),  # noqa: E731
-                                   update="restore", anchors=0.5)
+                                   update=update, **kw)
     a, b = run(tiny, acc()), run(tiny, acc())
     assert torch.equal(a.latent, b.latent)
     fp = flop_plan(acc(), schedule=tiny[1], model_cfg=tiny[0].cfg, text_len=7)
     assert [r["tokens_run"] for r in a.stats] == [r["tokens_run"] for r in fp["steps"]]
     assert not torch.equal(a.latent, run(tiny, make_accelerator("faststar", "guided-balanced", keep_ratios=(0.3, 0.6),
-                                                                update="restore")).latent)
+                                                                update=update)).latent)
 
 
 def test_stratified_selection_spreads_kept_tokens_over_tiles():
@@ -965,3 +968,40 @@ def test_copy_update_takes_the_latest_earlier_kept_frame_of_the_column(tiny):
                 assert torch.equal(o.hidden[:, i], fill[:, i])
                 n_restored += 1
     assert n_copied > 0 and n_restored > 0
+
+
+def test_copy_source_selection_takes_turns_on_still_columns_and_keeps_what_moved():
+    """temporal="copy_source": frame by frame, the temporal term compares a token with its column's copy source
+    (the latest earlier frame where the column was kept), so on a still scene the frames take turns over the
+    columns nothing covers yet, and a column whose content changed since its source is kept."""
+    from faststar.accel.faststar import select_copy_source
+    t, h, w = 3, 4, 4
+    HW = h * w
+    x = torch.ones(1, 2, t, h, w)                                   # the same vector everywhere: a still scene
+    x[0, 1, :, :, :2] = 2.0                                         # two regions of different content
+    base = torch.zeros(t * HW)
+    base[:HW] = torch.arange(HW, dtype=torch.float) / HW            # frame 0 ranked by a spatial term only
+    keep = select_copy_source(x, None, base, 3 * 8, w_tm=1.0)
+    assert keep.numel() == 24 and torch.equal(keep, torch.sort(keep).values)
+    per_frame = [set((keep[(keep >= f * HW) & (keep < (f + 1) * HW)] - f * HW).tolist()) for f in range(t)]
+    assert [len(k) for k in per_frame] == [8, 8, 8]                 # each frame its share of the budget
+    assert per_frame[0] == set(range(8, 16))                        # frame 0: the spatial term's top 8
+    assert per_frame[1] == set(range(8))                            # frame 1: the columns without a source
+    # frame 2: every column has a still source (dissimilarity 0): a tie, broken by the lower index
+    assert per_frame[2] == set(range(8))
+    # content that changes at frame 2 in columns 12..15 (kept at frame 0): those are kept again at frame 2
+    x2 = x.clone()
+    x2[0, 0, 2, 3, :] = -1.0
+    keep2 = select_copy_source(x2, None, base, 3 * 8, w_tm=1.0)
+    f2 = set((keep2[keep2 >= 2 * HW] - 2 * HW).tolist())
+    assert set(range(12, 16)) <= f2 and len(f2) == 8
+    # frame 0 against the preceding clip's last frame when given: a column that differs from it is kept first
+    ref = torch.ones(1, 2, 1, h, w)
+    ref[0, 1, 0, :, :2] = 2.0
+    ref[0, 0, 0, 0, 0] = -5.0                                      # column 0 changed since the preceding clip
+    keep3 = select_copy_source(x, ref, None, 3 * 1, w_tm=1.0)
+    assert keep3[0].item() == 0
+    with pytest.raises(ValueError, match="n_keep"):
+        select_copy_source(x, None, base, 0)
+    with pytest.raises(ValueError, match="mode='ratio'"):
+        make_accelerator("faststar", "quality", temporal="copy_source", block=2, anchors=0.0)

@@ -13,6 +13,8 @@ Importance of token i at a prunable step of scale k (the current clip's canvas b
     S_sp(i) = cos(x_k(i), u_k(i))                           converged / flat -> 1, edges and texture lower
     S_tm(i) = cos(x_k(f, y, x), x_k(f-1, y, x))              ("prev_frame"; frame -1 = previous clip's last frame)
             or cos(x_k(f, y, x), ref_k(y, x))                ("prev_clip": the previous clip's last frame)
+            or cos(x_k(f, y, x), x_k(f', y, x))              ("copy_source": f' the latest earlier frame kept at
+                                                              (y, x); chosen frame by frame, select_copy_source)
     I(i) = w_sp * n(1 - S_sp(i)) + w_tm * n(1 - S_tm(i))    n = rank or divide-by-mean within the step
            [+ w_detail * n(D(i))]                           D = local gradient energy of x_k (off by default)
 The top ``ceil(rho * N)`` tokens by I run (shared by both guidance halves, indices sorted).
@@ -42,7 +44,8 @@ from ..vae.quant import area_down
 from .base import Accelerator, StepBudget, StepContext, StepOutput, StepPlan
 
 SPATIAL_MODES = ("canvas", "hidden", "confidence", "hindsight", "off")
-TEMPORAL_MODES = ("prev_frame", "prev_clip", "off")
+TEMPORAL_MODES = ("prev_frame", "prev_clip", "copy_source", "off")
+SEQUENTIAL_TEMPORAL = ("copy_source",)   # scored frame by frame while the kept set is chosen (select_copy_source)
 NORMS = ("rank", "mean")
 UPDATES = ("partial", "restore", "mean", "copy")
 RESTORING = ("restore", "mean", "copy")       # updates that give every pruned position hidden states
@@ -92,8 +95,8 @@ def temporal_similarity(x_BCthw: torch.Tensor, prev_canvas_BCTHW: torch.Tensor |
     """
     if mode not in TEMPORAL_MODES:
         raise ValueError(f"temporal must be one of {TEMPORAL_MODES}, got {mode!r}")
-    if mode == "off" or prev_canvas_BCTHW is None:
-        return None
+    if mode in ("off",) + SEQUENTIAL_TEMPORAL or prev_canvas_BCTHW is None:
+        return None                      # copy_source depends on the kept set: select_copy_source scores it
     t, h, w = x_BCthw.shape[-3:]
     ref = area_down(prev_canvas_BCTHW[:, :, -1:].float(), (1, h, w)).to(x_BCthw.dtype)   # [B, C, 1, h, w]
     if mode == "prev_clip":
@@ -234,6 +237,56 @@ def temporal_copy_sources(keep: torch.Tensor, thw: tuple[int, int, int]) -> torc
     flat = torch.full((N,), -1, dtype=torch.long, device=keep.device)
     flat[keep] = keep.long()
     return flat.view(t, h * w).cummax(0).values.flatten()
+
+
+def select_copy_source(x_BCthw: torch.Tensor, ref_BC1hw: torch.Tensor | None, base_N: torch.Tensor | None,
+                       n_keep: int, w_tm: float = 1.0, norm: str = "rank", eps: float = 1e-6, share: float = 0.0,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """The kept set of a step chosen frame by frame, with the temporal term measured against the frame a pruned
+    token would be copied from (``update="copy"``). Sorted ascending.
+
+    Frame f keeps its share of n_keep (split as evenly as the count allows). A token's importance is its
+    ``base_N`` (the step's other terms, already weighted; None = none) plus ``w_tm`` times the normalized (within
+    the frame) dissimilarity 1 - cos of its view to the view at the same (y, x) of its column's copy source: the
+    latest earlier frame of this step where that column was kept. A column kept nowhere before has no source
+    (dissimilarity 2, the most: a copy would fall back to restoring it); frame 0 compares with ``ref_BC1hw``,
+    the preceding clip's last frame (None: no temporal term there). So a column that stays still is pruned as
+    long as its source holds, and the frames take turns keeping the columns that nothing covers yet.
+    ``share`` > 0 draws that share of each frame's kept tokens uniformly (as ``select_anchored``).
+    """
+    t, h, w = x_BCthw.shape[-3:]
+    HW, N = h * w, t * h * w
+    if not 1 <= n_keep <= N:
+        raise ValueError(f"n_keep must be in [1, {N}], got {n_keep}")
+    if base_N is not None and base_N.numel() != N:
+        raise ValueError(f"base score has {base_N.numel()} tokens, the grid {(t, h, w)} has {N}")
+    dev = x_BCthw.device
+    xv = x_BCthw[0].float().reshape(x_BCthw.shape[1], t, HW)                      # [C, t, HW]
+    counts = [n_keep // t + (1 if f < n_keep % t else 0) for f in range(t)]
+    src = torch.full((HW,), -1, dtype=torch.long, device=dev)                     # copy source frame per column
+    cols = torch.arange(HW, device=dev)
+    kept = []
+    for f in range(t):
+        if counts[f] == 0:
+            continue
+        score = torch.zeros(HW, device=dev) if base_N is None else base_N[f * HW:(f + 1) * HW].float().clone()
+        if f == 0:
+            sim = None if ref_BC1hw is None else channel_cosine(
+                xv[:, 0], ref_BC1hw[0].float().reshape(-1, HW), dim=0, eps=eps)
+        else:
+            sim = channel_cosine(xv[:, f], xv[:, src.clamp_min(0), cols], dim=0, eps=eps)
+            sim = torch.where(src >= 0, sim, torch.full_like(sim, -1.0))
+        if sim is not None and w_tm != 0:
+            score = score + w_tm * normalize(1.0 - sim, norm)
+        if share > 0:
+            if generator is None:
+                raise ValueError("share > 0 draws tokens at random: pass a generator")
+            keep_f = select_anchored(score, counts[f], share, generator)
+        else:
+            keep_f = select_topk(score, counts[f])
+        src[keep_f] = f
+        kept.append(keep_f + f * HW)
+    return torch.sort(torch.cat(kept)).values
 
 
 def resize_tokens(h_BNC: torch.Tensor, thw_from: tuple[int, int, int], thw_to: tuple[int, int, int],
@@ -383,7 +436,9 @@ class FastSTARConfig:
         tokens whose restored bits would have been sampled differently rank first; costs the head twice on the
         previous scale's tokens), or "off".
     temporal: "prev_frame" (against the previous latent frame), "prev_clip" (against the preceding clip's last
-        frame), or "off". Clip 0 never has a temporal term.
+        frame), "copy_source" (against the frame a pruned token would be copied from under ``update="copy"``:
+        the kept set is chosen frame by frame, each frame keeping its share, see ``select_copy_source``; ratio
+        mode only), or "off". Clip 0 never has a temporal term.
     w_sp, w_tm: weights of the two normalized terms.
     w_detail: weight of a third term, the local gradient energy of the scale's canvas view (``detail_energy``):
         where the canvas has edges, a wrong code changes the decoded frames most (0 = off, the default).
@@ -493,6 +548,9 @@ class FastSTARConfig:
         shares = _values(self.anchors)
         if not all(0.0 <= a <= 1.0 for a in shares):
             raise ValueError(f"anchors must be in [0, 1] (share of kept tokens drawn at random), got {self.anchors}")
+        if self.temporal in SEQUENTIAL_TEMPORAL and (self.mode != "ratio" or self.block > 0):
+            raise ValueError(f"temporal={self.temporal!r} chooses the kept set frame by frame: it needs mode='ratio' "
+                             f"and block=0 (got mode={self.mode!r}, block={self.block})")
         if any(a > 0 for a in shares) and self.block > 0:
             raise ValueError("anchors and block are two ways to spread the kept tokens: set one of them")
         if self.max_reps < 0:
@@ -803,9 +861,20 @@ class FastSTAR(Accelerator):
         c, s = self.cfg, ctx.scale
         if h_BNC is not None:
             self._store_probe(s, h_BNC)
+        share = per_scale(c.anchors, position_from_end(ctx.schedule, s), 0.0)
+        if c.temporal in SEQUENTIAL_TEMPORAL and s.clip > 0:
+            scored = (c.spatial != "off" and c.w_sp != 0) or c.w_detail != 0
+            score = self._importance(ctx, h_BNC, info) if scored else None
+            N = ctx.num_tokens
+            ref = None
+            if ctx.prev_clip_canvas is not None:
+                ref = area_down(ctx.prev_clip_canvas[:, :, -1:].float(), (1, *s.thw[1:]))
+            gen = own_generator(ctx.seed, ctx.step.index, salt=2) if share > 0 else None
+            keep = select_copy_source(ctx.x_view, ref, score, info["n_keep"], c.w_tm, c.norm, c.eps, share, gen)
+            info["kept_fraction"] = keep.numel() / N
+            return None if keep.numel() >= N else keep.to(ctx.canvas.device)
         score = self._importance(ctx, h_BNC, info)
         N = score.numel()
-        share = per_scale(c.anchors, position_from_end(ctx.schedule, s), 0.0)
         if c.mode == "ratio" and c.block > 0:
             keep = select_stratified(score, s.thw, info["n_keep"], c.block)
         elif c.mode == "ratio" and share > 0:

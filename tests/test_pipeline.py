@@ -169,3 +169,40 @@ def test_cli_bad_output_fails_before_generating(tmp_path, capsys, monkeypatch):
     assert cli_main(["generate", "--model-dir", str(folder), "--prompt", "x", "-o", str(tmp_path / "dir.mp4")]) == 2
     assert "is a folder" in capsys.readouterr().err
     assert loads == []
+
+
+def test_cli_accelerator_string_and_errors(tmp_path, capsys, monkeypatch):
+    """--accel takes a method or a whole method string (as eval does); a bad method, preset or knob is an error at
+    once, before any model loads; errors a user can act on print one line and return 2."""
+    from faststar import cli
+    folder = tiny_pipe().save_pretrained(tmp_path / "model")
+    out_file = tmp_path / "acc.mp4"
+    rc = cli_main(["generate", "--model-dir", str(folder), "--prompt", "x", "--accel", "faststar:balanced+anchors=0",
+                   "--save-masks", "-o", str(out_file), "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0 and out_file.exists() and (tmp_path / "acc_masks.mp4").exists()
+    assert "accelerator faststar" in out
+    loads = []
+    monkeypatch.setattr(cli, "_load_pipe", lambda a: loads.append(a) or (_ for _ in ()).throw(AssertionError))
+    for args, msg in ((["--accel", "faststar", "--preset", "nope"], "unknown preset 'nope'"),
+                      (["--accel", "faststar:quality+bogus=1"], "unknown faststar option(s) ['bogus']"),
+                      (["--accel", "faststar:quality+temporal=sideways"], "temporal must be one of"),
+                      (["--accel", "faststar:quality", "--preset", "fast"], "already names a preset"),
+                      (["--preset", "quality"], "needs --accel"),
+                      (["--accel", "warp"], "unknown acceleration method 'warp'")):
+        rc = cli_main(["generate", "--model-dir", str(folder), "--prompt", "x", "-o", str(out_file), *args])
+        err = capsys.readouterr().err
+        assert rc == 2 and msg in err and "Traceback" not in err, (args, err)
+    assert loads == []
+
+    def no_gpu(a):
+        raise RuntimeError("faststar bench needs a CUDA GPU")
+    monkeypatch.setattr(cli, "_cmd_bench", no_gpu)
+    monkeypatch.setattr(cli, "_cmd_eval", lambda a: (_ for _ in ()).throw(FileNotFoundError("prompt file not found")))
+    assert cli_main(["bench", "--methods", "dense"]) == 2
+    assert "faststar bench: error: RuntimeError: faststar bench needs a CUDA GPU" in capsys.readouterr().err
+    assert cli_main(["eval", "--prompts", "nope.jsonl"]) == 2
+    assert "faststar eval: error: FileNotFoundError: prompt file not found" in capsys.readouterr().err
+    monkeypatch.setenv("FASTSTAR_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="CUDA GPU"):
+        cli_main(["bench"])

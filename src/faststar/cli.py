@@ -37,21 +37,48 @@ def _load_pipe(a):
                                             dtype=a.dtype, attention=a.attention, text_encoder=a.text_encoder)
 
 
+def _accelerator(a):
+    """The accelerator that ``--accel`` / ``--preset`` name, built before any model loads (a typo fails at once).
+    ``--accel`` takes a method (``faststar``) or a whole method string as ``faststar eval`` does
+    (``faststar:quality+anchors=0``); ``--preset`` names the preset of a bare method. None for dense."""
+    from . import accel
+    if not a.accel:
+        if a.preset:
+            raise ValueError(f"--preset {a.preset!r} needs --accel (for example --accel faststar)")
+        return None
+    method, preset, overrides = accel.parse_method_spec(a.accel)
+    if a.preset:
+        if preset:
+            raise ValueError(f"--accel {a.accel!r} already names a preset; drop --preset {a.preset!r}")
+        preset = a.preset
+    if method == "dense" and not preset and not overrides:
+        return None
+    try:
+        return accel.make_accelerator(method, preset, **overrides)
+    except TypeError as e:            # unknown knob names
+        raise ValueError(str(e)) from None
+
+
 def _cmd_generate(a) -> int:
     from . import accel
     from .io import check_video_path, write_video
-    try:                # a bad output path fails now, not after the generation
+    try:                # a bad output path or accelerator fails now, not after loading and generating
         check_video_path(a.output)
     except ValueError as e:
         print(f"error: --output: {e}", file=sys.stderr)
+        return 2
+    try:
+        acc = _accelerator(a)
+    except ValueError as e:
+        print(f"error: --accel: {e}", file=sys.stderr)
         return 2
     try:
         pipe = _load_pipe(a)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: cannot load the model: {e}", file=sys.stderr)
         return 2
-    if a.accel and a.accel != "dense":
-        accel.apply(pipe, a.accel, a.preset)
+    if acc is not None:
+        accel.apply(pipe, acc)
     try:
         out = pipe(a.prompt, image=a.image, video=a.video, duration=a.duration, resolution=a.resolution,
                    seed=a.seed, progress=not a.quiet)
@@ -122,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--attention", default="auto", help="auto, sdpa or fa3")
     g.add_argument("--text-encoder", default=None,
                    help="override the text encoder: t5:<folder>, minilm, cached:<file.safetensors>")
-    g.add_argument("--accel", default=None, help="dense, faststar, fastvar, stagevar, skip, random")
+    g.add_argument("--accel", default=None,
+                   help="dense, faststar, fastvar, stagevar, skip, random; or a method string as in eval, "
+                        "e.g. faststar:quality+anchors=0")
     g.add_argument("--preset", default=None, help="accelerator preset, e.g. quality, balanced, fast-hq, fast")
     g.add_argument("--save-masks", action="store_true", help="also write a video of the pruning masks")
     g.add_argument("--quiet", action="store_true")
@@ -170,8 +199,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run one command. Errors a user can act on (a bad value, a missing file, no GPU, out of memory) print one
+    line and return 2; ``FASTSTAR_DEBUG=1`` shows the traceback instead."""
+    import os
     args = build_parser().parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        if os.environ.get("FASTSTAR_DEBUG"):
+            raise
+        kind = "" if isinstance(e, ValueError) else f"{type(e).__name__}: "
+        print(f"faststar {args.cmd}: error: {kind}{e}  (FASTSTAR_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"faststar {args.cmd}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

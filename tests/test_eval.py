@@ -135,3 +135,28 @@ def test_eval_merge_of_parts(tmp_path, capsys):
     bad["noise_floor"]["per_video"][0]["psnr"] += 1.0
     with pytest.raises(ValueError, match="dense videos differ"):
         merge_results([whole, bad])
+
+
+def test_eval_checks_every_method_before_generating(tmp_path, capsys):
+    """A bad method string anywhere in the list fails at once, naming it (library and CLI), before any video."""
+    import pytest
+    from faststar.accel import check_method_specs
+    from faststar.eval import run_eval
+
+    class NoGeneration:
+        device = None
+
+        def __call__(self, *a, **k):
+            raise AssertionError("generated a video before the methods were checked")
+
+    with pytest.raises(ValueError, match=r"method 'faststar:balanced\+w_sq=1': unknown faststar option"):
+        run_eval(NoGeneration(), tmp_path / "e", ["dense", "faststar:balanced+w_sq=1"], [{"prompt": "x"}], [0])
+    with pytest.raises(ValueError, match="method 'skip:last9'"):
+        check_method_specs(["skip:last9"])
+    assert check_method_specs([" dense", "faststar:fast "]) == ["dense", "faststar:fast"]
+    assert cli_main(["eval", "--methods", "faststar:quality,random:nope", "--seeds", "0",
+                     "--out", str(tmp_path / "c")]) == 2
+    assert "method 'random:nope': unknown preset 'nope'" in capsys.readouterr().err
+    assert cli_main(["eval", "--seeds", "0,one", "--out", str(tmp_path / "c")]) == 2
+    assert "--seeds must be a comma list of integers, got '0,one'" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists() and not (tmp_path / "c").exists()

@@ -144,6 +144,8 @@ def run_bench(resolutions=("720p", "480p"), duration: int = 5, methods=("dense",
               backend: str = "auto", text_len: int = 128, seed: int = 0, warmup: bool | str = True,
               with_vae: bool = False,
               out_json: str | Path | None = None, log=print, compile: bool = True, graphs: bool = True) -> dict:
+    from .accel import check_method_specs
+    methods = check_method_specs(methods)           # a typo fails before the 8B model is built
     if not torch.cuda.is_available():
         raise RuntimeError("faststar bench needs a CUDA GPU (it runs the full-size model with random weights)")
     dev = torch.device("cuda")

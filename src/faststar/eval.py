@@ -110,7 +110,9 @@ def _per_scale_time(stats):
 
 def run_eval(pipe, out_dir, methods: list[str], prompts: list[dict], seeds: list[int], log=print,
              progress: bool = True) -> dict:
+    from .accel import check_method_specs
     from .metrics import psnr, ssim
+    methods = check_method_specs(methods)          # a typo fails now, not after the dense videos
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runner = Runner(pipe, out, log)
@@ -329,14 +331,19 @@ def main_eval(a) -> int:
         print(results_markdown(res))
         print(f"merged {len(a.merge)} runs into {a.out}/results.json, results.md, pareto.png, latency.png")
         return 0
+    from .accel import check_method_specs
     from .pipeline import FastStarPipeline
-    pipe = FastStarPipeline.from_pretrained(a.model_dir, device=a.device, text_encoder=a.text_encoder)
     prompts = load_prompts(a.prompts)
-    seeds = [int(s) for s in a.seeds.split(",")]
+    try:
+        seeds = [int(s) for s in a.seeds.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds must be a comma list of integers, got {a.seeds!r}") from None
     if a.methods:
         methods = a.methods.split(",")
     else:
         methods = QUICK_METHODS if a.quick else STANDARD_METHODS
+    methods = check_method_specs(methods)          # before the model loads
+    pipe = FastStarPipeline.from_pretrained(a.model_dir, device=a.device, text_encoder=a.text_encoder)
     if a.quick:
         prompts = prompts[:2]
         seeds = seeds[:1]

@@ -76,6 +76,20 @@ def accelerator_from_spec(spec: str) -> Accelerator | None:
     return make_accelerator(method, preset, **overrides)
 
 
+def check_method_specs(specs) -> list[str]:
+    """Build the accelerator of every method string once, so that a run over many videos fails before its first
+    video, naming the method, instead of when it reaches it. Returns the specs as a list."""
+    specs = [str(m).strip() for m in specs]
+    for m in specs:
+        if not m:
+            raise ValueError(f"an empty method name in {specs}")
+        try:
+            accelerator_from_spec(m)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"method {m!r}: {e}") from None
+    return specs
+
+
 def make_accelerator(method: str | Accelerator, preset: str | None = None, **overrides) -> Accelerator:
     """An accelerator from a method name, a named preset (None = the method's default) and knob overrides.
 
@@ -227,6 +241,6 @@ def flop_plan(method: str | Accelerator = "faststar", preset: str | None = None,
     return out
 
 
-__all__ = ["METHODS", "PRESETS", "DEFAULT_PRESET", "make_accelerator", "accelerator_from_record", "apply", "remove",
-           "flop_plan",
+__all__ = ["METHODS", "PRESETS", "DEFAULT_PRESET", "make_accelerator", "check_method_specs", "accelerator_from_record",
+           "apply", "remove", "flop_plan",
            "Accelerator", "FastSTAR", "RandomPrune", "FastVAR", "StageVAR", "SkipScales"]

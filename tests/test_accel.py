@@ -393,6 +393,15 @@ def test_apply_remove_reversible_and_idempotent():
     with pytest.raises(ValueError, match="unknown preset"):
         apply(h, "faststar", "turbo")
     assert h.accelerator is None                                 # a failed apply leaves it removed
+    # a whole method string, as eval and the CLI take it; keyword overrides apply on top of its knobs
+    apply(h, "faststar:quality+anchors=0+keep_ratios=0.7/1/1")
+    c = h.accelerator.cfg
+    assert c.anchors == 0.0 and c.keep_ratios == (0.7, 1.0, 1.0)
+    assert c.w_detail == PRESETS["faststar"]["quality"]["w_detail"]
+    assert apply(h, "faststar+w_tm=0.5", "fast", w_tm=0.25).accelerator.cfg.w_tm == 0.25
+    assert h.accelerator.cfg.keep_ratios == PRESETS["faststar"]["fast"]["keep_ratios"]
+    with pytest.raises(ValueError, match="names the preset 'quality'"):
+        make_accelerator("faststar:quality", "fast")
     assert type(make_accelerator("dense")) is Accelerator
     assert set(METHODS) == {"dense", "faststar", "fastvar", "stagevar", "skip", "random"}
     assert isinstance(make_accelerator("random"), RandomPrune)

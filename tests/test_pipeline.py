@@ -187,7 +187,7 @@ def test_cli_accelerator_string_and_errors(tmp_path, capsys, monkeypatch):
     for args, msg in ((["--accel", "faststar", "--preset", "nope"], "unknown preset 'nope'"),
                       (["--accel", "faststar:quality+bogus=1"], "unknown faststar option(s) ['bogus']"),
                       (["--accel", "faststar:quality+temporal=sideways"], "temporal must be one of"),
-                      (["--accel", "faststar:quality", "--preset", "fast"], "already names a preset"),
+                      (["--accel", "faststar:quality", "--preset", "fast"], "names the preset 'quality'"),
                       (["--preset", "quality"], "needs --accel"),
                       (["--accel", "warp"], "unknown acceleration method 'warp'")):
         rc = cli_main(["generate", "--model-dir", str(folder), "--prompt", "x", "-o", str(out_file), *args])

@@ -46,15 +46,10 @@ def _accelerator(a):
         if a.preset:
             raise ValueError(f"--preset {a.preset!r} needs --accel (for example --accel faststar)")
         return None
-    method, preset, overrides = accel.parse_method_spec(a.accel)
-    if a.preset:
-        if preset:
-            raise ValueError(f"--accel {a.accel!r} already names a preset; drop --preset {a.preset!r}")
-        preset = a.preset
-    if method == "dense" and not preset and not overrides:
+    if a.accel == "dense" and not a.preset:
         return None
     try:
-        return accel.make_accelerator(method, preset, **overrides)
+        return accel.make_accelerator(a.accel, a.preset)
     except TypeError as e:            # unknown knob names
         raise ValueError(str(e)) from None
 

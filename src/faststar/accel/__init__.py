@@ -93,12 +93,20 @@ def check_method_specs(specs) -> list[str]:
 def make_accelerator(method: str | Accelerator, preset: str | None = None, **overrides) -> Accelerator:
     """An accelerator from a method name, a named preset (None = the method's default) and knob overrides.
 
-    An Accelerator instance is returned as is (then no preset or overrides may be given).
+    ``method`` may also be a whole method string, ``method[:preset][+knob=value...]`` (``parse_method_spec``); the
+    keyword overrides then apply on top of its knobs. An Accelerator instance is returned as is (then no preset or
+    overrides may be given).
     """
     if isinstance(method, Accelerator):
         if preset is not None or overrides:
             raise TypeError("pass a preset or overrides with a method name, not with an accelerator instance")
         return method
+    if ":" in method or "+" in method:
+        method, named, knobs = parse_method_spec(method)
+        if named is not None and preset is not None:
+            raise ValueError(f"the method string names the preset {named!r}; do not also pass preset={preset!r}")
+        preset = named if named is not None else preset
+        overrides = {**knobs, **overrides}
     if method not in METHODS:
         raise ValueError(f"unknown acceleration method {method!r}; choose one of {sorted(METHODS)}")
     cls = METHODS[method]

@@ -32,6 +32,12 @@ def test_eval_cli_tiny_model(tmp_path, capsys):
         assert r["flop_speedup"] > 1.0
         assert r["psnr"] < 100                       # pruned: below the cap
     assert len(res["noise_floor"]["per_video"]) == 2
+    # text-to-video and image-to-video apart: one prompt of each, seed 0, so each is that one video's PSNR
+    for sm in res["summary"]:
+        rows = {bool(r["image"]): r["psnr"] for r in res["rows"] if r["method"] == sm["method"]}
+        assert sm["psnr_t2v"] == rows[False] and sm["psnr_i2v"] == rows[True]
+        assert abs(sm["psnr"] - (rows[False] + rows[True]) / 2) < 1e-9
+    assert "| T2V PSNR | I2V PSNR |" in (out / "results.md").read_text()
     for f in ("results.md", "pareto.png", "latency.png"):
         assert (out / f).stat().st_size > 0
     # resumable: a second call redoes nothing and gives the same numbers

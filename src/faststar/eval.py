@@ -229,8 +229,11 @@ def summarize_rows(rows: list[dict]) -> list[dict]:
     out = []
     for m, rs in by.items():
         ps = [r["psnr"] for r in rs]
+        by_task = {task: [min(r["psnr"], 100.0) for r in rs if bool(r.get("image")) == (task == "i2v")]
+                   for task in ("t2v", "i2v")}
         out.append(dict(method=m, n=len(rs), accelerator=rs[0].get("accelerator", {}),
                         psnr=float(np.mean([min(p, 100.0) for p in ps])), psnr_min=float(np.min(ps)),
+                        **{f"psnr_{task}": float(np.mean(v)) if v else None for task, v in by_task.items()},
                         ssim=float(np.mean([r["ssim"] for r in rs])),
                         flop_speedup=float(np.mean([r["flop_speedup"] for r in rs])),
                         wall_speedup=float(np.mean([r["dense_time_s"] / r["time_s"] for r in rs])),
@@ -245,13 +248,21 @@ def results_markdown(res: dict) -> str:
              f"vs dense seed s+1000): PSNR {res['noise_floor']['psnr']:.2f} dB, SSIM {res['noise_floor']['ssim']:.3f}. "
              f"Dense time {res['dense_time_s']:.2f} s per video (transformer + VAE decode)." +
              ("" if res.get("complete", True) else " INTERRUPTED: partial results (rerun the command to resume)."),
-             "",
-             "| method | PSNR dB | min PSNR | SSIM | FLOP speedup | wall speedup |",
-             "|---|---|---|---|---|---|"]
+             ""]
+    # text-to-video and image-to-video apart when the prompt set has both (image-to-video keeps the given first
+    # frame, so the two tasks land at different PSNRs)
+    split = any(p.get("image") for p in res["prompts"]) and not all(p.get("image") for p in res["prompts"])
+    head = "| method | PSNR dB | min PSNR |" + (" T2V PSNR | I2V PSNR |" if split else "")
+    lines += [head + " SSIM | FLOP speedup | wall speedup |", "|---" * (8 if split else 6) + "|"]
     for r in sorted(res["summary"], key=lambda r: (r["method"].split(":")[0], r["flop_speedup"])):
-        lines.append(f"| {r['method']} | {r['psnr']:.2f} | {r['psnr_min']:.2f} | {r['ssim']:.3f} | "
+        tasks = "".join(f" {_fmt(r.get(f'psnr_{t}'))} |" for t in ("t2v", "i2v")) if split else ""
+        lines.append(f"| {r['method']} | {r['psnr']:.2f} | {r['psnr_min']:.2f} |{tasks} {r['ssim']:.3f} | "
                      f"{r['flop_speedup']:.2f}x | {r['wall_speedup']:.2f}x |")
     return "\n".join(lines) + "\n"
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
 
 
 def _family(row: dict) -> str:

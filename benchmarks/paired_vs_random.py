@@ -12,10 +12,9 @@ only change the score or spread the selection, which the random control does not
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from faststar.accel.presets import SELECTION_SPREAD
+from faststar.eval import load_results
 
 
 # knobs that only change how FastSTAR scores tokens: the random control ignores them
@@ -70,7 +69,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     print("| configuration | against | videos better | mean PSNR difference dB (standard error) |\n|---|---|---|---|")
     for path in a.results:
-        res = json.loads(Path(path).read_text())
+        res = load_results(path)
         if a.pair:
             by = _by_method(res)
             rows = [compare(by, *split_pair(p, by)) for p in a.pair]

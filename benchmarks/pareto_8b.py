@@ -24,6 +24,7 @@ import numpy as np
 
 from faststar.accel import accelerator_from_record, flop_plan
 from faststar.eval import _family as eval_family
+from faststar.eval import load_results
 from faststar.schedule import official_schedule
 
 BIG = 3000          # steps with fewer tokens are launch-bound: modelled by their dense time
@@ -130,7 +131,7 @@ def main(argv=None):
     rows = []
     floors = []
     for path in a.eval:
-        res = json.loads(Path(path).read_text())
+        res = load_results(path)
         floors.append(res["noise_floor"]["psnr"])
         for r in res["summary"]:
             m = r["method"]

@@ -38,6 +38,14 @@ def test_eval_cli_tiny_model(tmp_path, capsys):
         assert sm["psnr_t2v"] == rows[False] and sm["psnr_i2v"] == rows[True]
         assert abs(sm["psnr"] - (rows[False] + rows[True]) / 2) < 1e-9
     assert "| T2V PSNR | I2V PSNR |" in (out / "results.md").read_text()
+    # results.json is compact: a row's accelerator record lives once, in its method's summary entry
+    from faststar.eval import compact_results, load_results
+    assert all("accelerator" not in r for r in res["rows"])
+    full = load_results(out / "results.json")
+    acc = {sm["method"]: sm["accelerator"] for sm in full["summary"]}
+    assert {r["accelerator"]["method"] for r in full["rows"]} == {"faststar", "random"}
+    assert all(r["accelerator"] == acc[r["method"]] for r in full["rows"])
+    assert compact_results(full) == res
     for f in ("results.md", "pareto.png", "latency.png"):
         assert (out / f).stat().st_size > 0
     # resumable: a second call redoes nothing and gives the same numbers

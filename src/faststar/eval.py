@@ -177,9 +177,29 @@ def run_eval(pipe, out_dir, methods: list[str], prompts: list[dict], seeds: list
     return result
 
 
+def compact_results(result: dict) -> dict:
+    """A copy of an eval result whose rows drop their ``accelerator`` record where it equals their method's record
+    in the summary (one per method, the same for every row of a run): the file shrinks by about half, and
+    ``load_results`` puts the records back. Nothing else changes."""
+    acc = {r["method"]: r.get("accelerator") for r in result.get("summary", [])}
+    rows = [{k: v for k, v in row.items() if not (k == "accelerator" and v == acc.get(row["method"]))}
+            for row in result.get("rows", [])]
+    return {**result, "rows": rows}
+
+
+def load_results(path) -> dict:
+    """An eval results.json, compact (``compact_results``) or not, with every row's ``accelerator`` record."""
+    result = json.loads(Path(path).read_text())
+    acc = {r["method"]: r.get("accelerator") for r in result.get("summary", [])}
+    for row in result.get("rows", []):
+        if "accelerator" not in row and acc.get(row["method"]) is not None:
+            row["accelerator"] = acc[row["method"]]
+    return result
+
+
 def write_results(result: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=1))
+    (out / "results.json").write_text(json.dumps(compact_results(result), separators=(",", ":")))
     (out / "results.md").write_text(results_markdown(result))
     plot_pareto(result, out / "pareto.png")
     plot_latency(result, out / "latency.png")
@@ -337,7 +357,7 @@ def plot_latency(res: dict, path: Path) -> None:
 
 def main_eval(a) -> int:
     if a.merge:
-        res = merge_results([json.loads(Path(f).read_text()) for f in a.merge])
+        res = merge_results([load_results(f) for f in a.merge])
         write_results(res, Path(a.out))
         print(results_markdown(res))
         print(f"merged {len(a.merge)} runs into {a.out}/results.json, results.md, pareto.png, latency.png")

@@ -13,45 +13,14 @@ from __future__ import annotations
 
 import argparse
 
-from faststar.accel.presets import SELECTION_SPREAD
-from faststar.eval import load_results
+from faststar.eval import compare_methods, control_name, load_results, paired_with_random, psnr_by_video
 
-
-# knobs that only change how FastSTAR scores tokens: the random control ignores them
-SCORE_KNOBS = ("spatial", "temporal", "w_sp", "w_tm", "w_detail", "norm", "probe_layer")
-
-
-def control_name(method: str) -> str:
-    """random:X for faststar:X, without the knobs that random selection does not read."""
-    parts = method[len("faststar:"):].split("+")
-    kept = [parts[0]] + [p for p in parts[1:] if p.split("=")[0] not in SCORE_KNOBS + SELECTION_SPREAD]
-    return "random:" + "+".join(kept)
+__all__ = ["control_name", "compare", "paired", "split_pair", "main"]
+compare, paired = compare_methods, paired_with_random      # the pairing lives in faststar.eval (results.md uses it)
 
 
 def _by_method(results: dict) -> dict[str, dict]:
-    by: dict[str, dict] = {}
-    for r in results["rows"]:
-        by.setdefault(r["method"], {})[(r["prompt"], r.get("image"), r["seed"])] = r["psnr"]
-    return by
-
-
-def compare(by: dict[str, dict], method: str, control: str) -> dict:
-    """Per-video PSNR of ``method`` minus ``control`` over their common videos."""
-    vids, ctrl = by[method], by[control]
-    keys = sorted(vids.keys() & ctrl.keys(), key=str)
-    diffs = [vids[k] - ctrl[k] for k in keys]
-    n = len(diffs)
-    mean = sum(diffs) / n if n else float("nan")
-    se = (sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) ** 0.5 if n > 1 else float("nan")
-    return dict(method=method, control=control, videos=n, wins=sum(d > 0 for d in diffs), mean_diff_db=mean,
-                se_db=se)
-
-
-def paired(results: dict) -> list[dict]:
-    """Every faststar configuration against its random control, where the file has both."""
-    by = _by_method(results)
-    return [compare(by, m, control_name(m)) for m in by
-            if m.startswith("faststar:") and control_name(m) in by]
+    return psnr_by_video(results["rows"])
 
 
 def split_pair(text: str, methods) -> tuple[str, str]:

@@ -174,3 +174,20 @@ def test_eval_checks_every_method_before_generating(tmp_path, capsys):
     assert cli_main(["eval", "--seeds", "0,one", "--out", str(tmp_path / "c")]) == 2
     assert "--seeds must be a comma list of integers, got '0,one'" in capsys.readouterr().err
     assert not (tmp_path / "e").exists() and not (tmp_path / "c").exists()
+
+
+def test_results_markdown_pairs_faststar_with_its_random_control():
+    """results.md adds FastSTAR against random selection at the same knobs (score and spread knobs dropped)."""
+    from faststar.eval import control_name, results_markdown, summarize_rows
+    assert control_name("faststar:quality+anchors=0+temporal=copy_source") == "random:quality"
+    assert control_name("faststar:fast+last_k=3+block=2") == "random:fast+last_k=3"
+    rows = [dict(method=m, prompt=p, image=None, seed=0, psnr=v, ssim=0.9, flop_speedup=1.5, time_s=1.0,
+                 dense_time_s=2.0, per_scale_time={"0": 0.1})
+            for m, p, v in [("faststar:quality+anchors=0", "a", 30.0), ("faststar:quality+anchors=0", "b", 28.0),
+                            ("random:quality", "a", 29.0), ("random:quality", "b", 28.5),
+                            ("skip:last1", "a", 25.0), ("skip:last1", "b", 25.0)]]
+    res = dict(model="m", device="cpu", date="d", seeds=[0], prompts=[{"prompt": "a"}, {"prompt": "b"}],
+               noise_floor=dict(psnr=17.0, ssim=0.6), dense_time_s=2.0, summary=summarize_rows(rows), rows=rows)
+    md = results_markdown(res)
+    assert "| faststar:quality+anchors=0 | random:quality | 1/2 | +0.25 (0.75) |" in md
+    assert "T2V PSNR" not in md and "skip:last1 | random" not in md

@@ -261,6 +261,47 @@ def summarize_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
+# knobs that only change how FastSTAR scores tokens or spreads its kept set: the random control does not read them
+SCORE_KNOBS = ("spatial", "temporal", "w_sp", "w_tm", "w_detail", "norm", "probe_layer")
+
+
+def control_name(method: str) -> str:
+    """``random:X`` for ``faststar:X``, without the knobs that random selection does not read (scores, spread)."""
+    from .accel.presets import SELECTION_SPREAD
+    parts = method[len("faststar:"):].split("+")
+    kept = [parts[0]] + [p for p in parts[1:] if p.split("=")[0] not in SCORE_KNOBS + SELECTION_SPREAD]
+    return "random:" + "+".join(kept)
+
+
+def psnr_by_video(rows: list[dict]) -> dict[str, dict]:
+    """method -> {(prompt, image, seed): PSNR}."""
+    by: dict[str, dict] = {}
+    for r in rows:
+        by.setdefault(r["method"], {})[(r["prompt"], r.get("image"), r["seed"])] = r["psnr"]
+    return by
+
+
+def compare_methods(by: dict[str, dict], method: str, control: str) -> dict:
+    """Per-video PSNR of ``method`` minus ``control`` over their common videos: how many ``method`` wins, the mean
+    difference and its standard error."""
+    vids, ctrl = by[method], by[control]
+    keys = sorted(vids.keys() & ctrl.keys(), key=str)
+    diffs = [vids[k] - ctrl[k] for k in keys]
+    n = len(diffs)
+    mean = sum(diffs) / n if n else float("nan")
+    se = (sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) ** 0.5 if n > 1 else float("nan")
+    return dict(method=method, control=control, videos=n, wins=sum(d > 0 for d in diffs), mean_diff_db=mean,
+                se_db=se)
+
+
+def paired_with_random(res: dict) -> list[dict]:
+    """Every FastSTAR configuration of a run against random selection at the same knobs, where the run has both:
+    the comparison that isolates FastSTAR's choice of tokens."""
+    by = psnr_by_video(res["rows"])
+    return [compare_methods(by, m, control_name(m)) for m in by
+            if m.startswith("faststar:") and control_name(m) in by]
+
+
 def results_markdown(res: dict) -> str:
     lines = [f"# faststar eval: {res['model']} on {res['device']} ({res['date']})", "",
              f"Seeds {res['seeds']}, {len(res['prompts'])} prompts. Quality: PSNR / SSIM of each accelerated video "
@@ -278,6 +319,14 @@ def results_markdown(res: dict) -> str:
         tasks = "".join(f" {_fmt(r.get(f'psnr_{t}'))} |" for t in ("t2v", "i2v")) if split else ""
         lines.append(f"| {r['method']} | {r['psnr']:.2f} | {r['psnr_min']:.2f} |{tasks} {r['ssim']:.3f} | "
                      f"{r['flop_speedup']:.2f}x | {r['wall_speedup']:.2f}x |")
+    pairs = paired_with_random(res)
+    if pairs:
+        lines += ["", "FastSTAR against random selection at the same knobs (same plan and speed; per video of the same "
+                  "prompt and seed):", "",
+                  "| configuration | against | videos better | mean PSNR difference dB (standard error) |",
+                  "|---|---|---|---|"]
+        lines += [f"| {r['method']} | {r['control']} | {r['wins']}/{r['videos']} | {r['mean_diff_db']:+.2f} "
+                  f"({r['se_db']:.2f}) |" for r in pairs]
     return "\n".join(lines) + "\n"
 
 

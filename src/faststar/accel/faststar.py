@@ -86,6 +86,12 @@ def spatial_similarity(x_BCthw: torch.Tensor, u_BCthw: torch.Tensor, eps: float 
     return channel_cosine(x_BCthw, u_BCthw, dim=1, eps=eps)[0].flatten()
 
 
+def last_frame_view(prev_canvas_BCTHW: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """The preceding clip's last latent frame area-resized to (h, w): [B, C, 1, h, w] in fp32 (the temporal
+    reference of a clip's frame 0)."""
+    return area_down(prev_canvas_BCTHW[:, :, -1:].float(), (1, *hw))
+
+
 def temporal_similarity(x_BCthw: torch.Tensor, prev_canvas_BCTHW: torch.Tensor | None, mode: str = "prev_frame",
                         eps: float = 1e-6) -> torch.Tensor | None:
     """S_tm per token [N], or None when there is no preceding clip (clip 0) or the mode is "off".
@@ -98,7 +104,7 @@ def temporal_similarity(x_BCthw: torch.Tensor, prev_canvas_BCTHW: torch.Tensor |
     if mode in ("off",) + SEQUENTIAL_TEMPORAL or prev_canvas_BCTHW is None:
         return None                      # copy_source depends on the kept set: select_copy_source scores it
     t, h, w = x_BCthw.shape[-3:]
-    ref = area_down(prev_canvas_BCTHW[:, :, -1:].float(), (1, h, w)).to(x_BCthw.dtype)   # [B, C, 1, h, w]
+    ref = last_frame_view(prev_canvas_BCTHW, (h, w)).to(x_BCthw.dtype)                   # [B, C, 1, h, w]
     if mode == "prev_clip":
         other = ref.expand_as(x_BCthw)
     else:
@@ -269,7 +275,7 @@ def select_copy_source(x_BCthw: torch.Tensor, ref_BC1hw: torch.Tensor | None, ba
     for f in range(t):
         if counts[f] == 0:
             continue
-        score = torch.zeros(HW, device=dev) if base_N is None else base_N[f * HW:(f + 1) * HW].float().clone()
+        score = torch.zeros(HW, device=dev) if base_N is None else base_N[f * HW:(f + 1) * HW].float()
         if f == 0:
             sim = None if ref_BC1hw is None else channel_cosine(
                 xv[:, 0], ref_BC1hw[0].float().reshape(-1, HW), dim=0, eps=eps)
@@ -862,32 +868,34 @@ class FastSTAR(Accelerator):
         if h_BNC is not None:
             self._store_probe(s, h_BNC)
         share = per_scale(c.anchors, position_from_end(ctx.schedule, s), 0.0)
+        gen = own_generator(ctx.seed, ctx.step.index, salt=2) if share > 0 else None
+        N = ctx.num_tokens
         if c.temporal in SEQUENTIAL_TEMPORAL and s.clip > 0:
+            # the temporal term depends on the kept set: scored frame by frame while it is chosen
             scored = (c.spatial != "off" and c.w_sp != 0) or c.w_detail != 0
             score = self._importance(ctx, h_BNC, info) if scored else None
-            N = ctx.num_tokens
-            ref = None
-            if ctx.prev_clip_canvas is not None:
-                ref = area_down(ctx.prev_clip_canvas[:, :, -1:].float(), (1, *s.thw[1:]))
-            gen = own_generator(ctx.seed, ctx.step.index, salt=2) if share > 0 else None
+            ref = None if ctx.prev_clip_canvas is None else last_frame_view(ctx.prev_clip_canvas, s.thw[1:])
             keep = select_copy_source(ctx.x_view, ref, score, info["n_keep"], c.w_tm, c.norm, c.eps, share, gen)
-            info["kept_fraction"] = keep.numel() / N
-            return None if keep.numel() >= N else keep.to(ctx.canvas.device)
-        score = self._importance(ctx, h_BNC, info)
-        N = score.numel()
+        else:
+            keep = self._select_scored(self._importance(ctx, h_BNC, info), s, share, gen, info)
+        info["kept_fraction"] = keep.numel() / N
+        if keep.numel() >= N:
+            return None
+        return keep.to(ctx.canvas.device)
+
+    def _select_scored(self, score: torch.Tensor, s: Scale, share: float, gen, info: dict) -> torch.Tensor:
+        """The kept set from a whole-step score: spread over tiles, anchored, top-k, or threshold mode."""
+        c = self.cfg
         if c.mode == "ratio" and c.block > 0:
             keep = select_stratified(score, s.thw, info["n_keep"], c.block)
         elif c.mode == "ratio" and share > 0:
-            keep = select_anchored(score, info["n_keep"], share, own_generator(ctx.seed, ctx.step.index, salt=2))
+            keep = select_anchored(score, info["n_keep"], share, gen)
         elif c.mode == "ratio":
             keep = select_topk(score, info["n_keep"])
         else:
             keep = select_threshold(score, c.threshold, c.floor, c.cap)
             info["n_keep"] = int(keep.numel())
-        info["kept_fraction"] = keep.numel() / N
-        if keep.numel() >= N:
-            return None
-        return keep.to(ctx.canvas.device)
+        return keep
 
     def _store_probe(self, scale: Scale, h_BNC: torch.Tensor) -> None:
         key = (scale.clip, scale.index_in_clip)

@@ -13,7 +13,7 @@ from faststar.accel.baselines import FastVAR, SkipScales, StageVAR, fastvar_scor
 from faststar.accel.faststar import (FastSTAR, RandomPrune, channel_cosine, detail_energy, importance, keep_count,
                                      normalize,
                                      own_generator, resize_tokens, scale_views, select_threshold, select_topk,
-                                     spatial_similarity, temporal_similarity)
+                                     spatial_similarity, temporal_similarity, threshold_count)
 from faststar.accel.viz import mask_video
 from faststar.generate import generate
 from faststar.schedule import step_flops
@@ -136,7 +136,7 @@ def test_stats_match_flop_plan(tiny, method, kw):
 
 def test_threshold_mode_stays_within_floor_and_cap(tiny):
     model, sched, text, _ = tiny
-    kw = dict(mode="threshold", threshold=1.2, floor=0.2, cap=1.0, norm="mean")
+    kw = dict(mode="threshold", threshold=1.2, floor=0.2, cap=1.0, norm="mean", keep_ratios=1.0)  # caps 1.0
     out = run(tiny, make_accelerator("faststar", **kw))
     rows = [r for r in out.stats if "n_keep" in r]
     assert len(rows) == 6
@@ -249,6 +249,22 @@ def test_normalize_select_and_counts():
     assert select_threshold(sc, 6.5).tolist() == [7, 8, 9]
     assert select_threshold(sc, 8.5, floor=0.3).tolist() == [7, 8, 9]          # at least 3
     assert select_threshold(sc, -1.0, cap=0.5).tolist() == [5, 6, 7, 8, 9]     # at most 5
+    assert threshold_count(sc, 6.5) == 3 and threshold_count(sc, 100.0) == 1 and threshold_count(sc, 100.0, 0.2) == 2
+    v = torch.tensor([0.0, 0.5, 2.0])
+    assert torch.equal(normalize(v, "raw"), v)
+
+
+def test_threshold_on_raw_scores_keeps_fewer_tokens_where_less_moves():
+    """norm="raw": the bound means the same on every step, so a still scene keeps fewer tokens than a moving one
+    (with rank or mean normalisation both would keep about the same share)."""
+    cur, prev = _moving_blob()
+    background = _vec(0)[None, :, None, None, None]
+    still = temporal_similarity(background.repeat(1, 1, 3, 8, 8), background.repeat(1, 1, 2, 8, 8), "prev_frame")
+    moving = temporal_similarity(cur, prev, "prev_frame")
+    n_still = threshold_count(importance(None, still, norm="raw"), 0.5, floor=0.05)
+    n_moving = threshold_count(importance(None, moving, norm="raw"), 0.5, floor=0.05)
+    assert n_moving == int((moving < 0.5).sum()) > n_still
+    assert n_still == keep_count(0.05, still.numel())            # nothing moves: the floor
 
 
 def test_fastvar_score_and_resize():
@@ -335,6 +351,31 @@ def test_stagevar_single_branch_and_low_rank(tiny):
     o = log[last][2]
     assert o.hidden.shape[1] == 144 and (o.codes != 0).all()     # restored: every position sampled
     assert out.stats[11]["tokens_run"] == 144                   # a referenced step never takes the stand-in
+
+
+def test_threshold_mode_per_scale_caps_and_count_matched_random(tiny):
+    """Threshold mode: a scale's keep ratio is its cap (0 = not run); the random control keeps FastSTAR's count
+    at every step, drawn uniformly; the accounting counts the tokens that ran."""
+    model, sched, text, _ = tiny
+    kw = dict(mode="threshold", norm="raw", threshold=0.05, floor=0.1, cap=0.9, keep_ratios=(0.0, 0.5))
+    f = run(tiny, make_accelerator("faststar", **kw))
+    r = run(tiny, make_accelerator("random", **kw))
+    last = [st.index for st in sched.steps if st.scale.clip > 0 and st.scale.index_in_clip == 4]
+    second = [st.index for st in sched.steps if st.scale.clip > 0 and st.scale.index_in_clip == 3]
+    # keep ratio 0: the scale does not run, except clip 1's, which clip 2 attends to
+    assert [f.stats[i]["tokens_run"] for i in last] == [r.stats[i]["tokens_run"] for i in last] == [144, 0]
+    counts = [f.stats[i]["tokens_run"] for i in second]
+    for i, n in zip(second, counts):
+        N = f.stats[i]["tokens"]
+        assert keep_count(0.1, N) <= n <= keep_count(0.5, N)     # between the floor and this scale's cap
+        assert r.stats[i]["tokens_run"] == n and int(r.masks[i].sum()) == n == int(f.masks[i].sum())
+    assert any(not torch.equal(f.masks[i], r.masks[i]) for i in second)
+    assert f.summary()["flops"] == pytest.approx(r.summary()["flops"], rel=1e-12)
+    # the cap binds: a bound of -1 keeps min(keep ratio, cap) of every pruned step
+    g = run(tiny, make_accelerator("faststar", **{**kw, "threshold": -1.0, "cap": 0.4}))
+    assert all(g.stats[i]["tokens_run"] == keep_count(0.4, g.stats[i]["tokens"]) for i in second)
+    bound = flop_plan("faststar", schedule=sched, model_cfg=model.cfg, text_len=text.shape[0], **kw)
+    assert f.summary()["flops"] <= bound["flops"] * (1 + 1e-12)
 
 
 def test_random_is_seeded_and_differs_from_faststar(tiny):

@@ -15,9 +15,10 @@ Importance of token i at a prunable step of scale k (the current clip's canvas b
             or cos(x_k(f, y, x), ref_k(y, x))                ("prev_clip": the previous clip's last frame)
             or cos(x_k(f, y, x), x_k(f', y, x))              ("copy_source": f' the latest earlier frame kept at
                                                               (y, x); chosen frame by frame, select_copy_source)
-    I(i) = w_sp * n(1 - S_sp(i)) + w_tm * n(1 - S_tm(i))    n = rank or divide-by-mean within the step
-           [+ w_detail * n(D(i))]                           D = local gradient energy of x_k (off by default)
-The top ``ceil(rho * N)`` tokens by I run (shared by both guidance halves, indices sorted).
+    I(i) = w_sp * n(1 - S_sp(i)) + w_tm * n(1 - S_tm(i))    n = rank or divide-by-mean within the step, or
+           [+ w_detail * n(D(i))]                           raw; D = local gradient energy of x_k (off by default)
+The top ``ceil(rho * N)`` tokens by I run (shared by both guidance halves, indices sorted); in threshold mode, the
+tokens with I above a bound (at most ``ceil(rho * N)``).
 ``update="partial"``: pruned positions get a zero code (the canvas keeps its value there);
 ``update="restore"``: pruned positions take the previous scale's last-block hidden states (its last repetition),
 resized, and are sampled like the rest.
@@ -46,7 +47,7 @@ from .base import Accelerator, StepBudget, StepContext, StepOutput, StepPlan
 SPATIAL_MODES = ("canvas", "hidden", "confidence", "hindsight", "off")
 TEMPORAL_MODES = ("prev_frame", "prev_clip", "copy_source", "off")
 SEQUENTIAL_TEMPORAL = ("copy_source",)   # scored frame by frame while the kept set is chosen (select_copy_source)
-NORMS = ("rank", "mean")
+NORMS = ("rank", "mean", "raw")
 UPDATES = ("partial", "restore", "mean", "copy")
 RESTORING = ("restore", "mean", "copy")       # updates that give every pruned position hidden states
 FILLS = ("zero", "restore", "mean")
@@ -134,9 +135,13 @@ def bit_confidence(logits_N2d: torch.Tensor) -> torch.Tensor:
 def normalize(v: torch.Tensor, mode: str = "rank", eps: float = 1e-12) -> torch.Tensor:
     """Normalize one score term within a step so that term weights mean something.
 
-    rank: average rank of each value (ties share a rank) scaled to [0, 1]; mean: v / mean(v) (mean 1).
+    rank: average rank of each value (ties share a rank) scaled to [0, 1]; mean: v / mean(v) (mean 1); raw: v
+    itself (1 - cosine lies in [0, 2]): a bound on it means the same on every step and video, what threshold
+    mode needs to keep fewer tokens where a step has less left to do.
     """
     v = v.float()
+    if mode == "raw":
+        return v
     if mode == "mean":
         return v / v.mean().clamp_min(eps)
     if mode != "rank":
@@ -224,15 +229,20 @@ def select_stratified(score_N: torch.Tensor, thw: tuple[int, int, int], n_keep: 
     return torch.sort(pick).values
 
 
+def threshold_count(score_N: torch.Tensor, threshold: float, floor: float = 0.0, cap: float = 1.0) -> int:
+    """How many tokens threshold mode keeps: those with score > threshold, at least ceil(floor * N) (at least 1)
+    and at most ceil(cap * N)."""
+    n = score_N.numel()
+    lo = keep_count(floor, n) if floor > 0 else 1
+    hi = keep_count(cap, n)
+    return max(lo, min(hi, int((score_N > threshold).sum())))
+
+
 def select_threshold(score_N: torch.Tensor, threshold: float, floor: float = 0.0, cap: float = 1.0
                      ) -> torch.Tensor:
     """Every token with score > threshold, at least ceil(floor * N) and at most ceil(cap * N) of them (the
     highest); sorted ascending."""
-    n = score_N.numel()
-    lo = keep_count(floor, n) if floor > 0 else 1
-    hi = keep_count(cap, n)
-    k = int((score_N > threshold).sum())
-    return select_topk(score_N, max(lo, min(hi, k)))
+    return select_topk(score_N, threshold_count(score_N, threshold, floor, cap))
 
 
 def temporal_copy_sources(keep: torch.Tensor, thw: tuple[int, int, int]) -> torch.Tensor:
@@ -425,10 +435,13 @@ class FastSTARConfig:
         0 = that scale does not run (canvas unchanged there, as with skipping it).
         A float means the same ratio on every prunable scale; prunable scales beyond the tuple run dense.
         Lower = faster, less faithful. (Default = the "balanced" preset of presets.py.)
-    mode: "ratio" (top ceil(rho*N)) or "threshold" (keep I > threshold, at least ``floor``, at most ``cap`` of N,
-        on every prunable scale; keep_ratios is then unused).
+    mode: "ratio" (top ceil(rho*N)) or "threshold" (keep I > threshold, at least ``floor`` and at most
+        min(rho, ``cap``) of N, on every prunable scale: a scale's keep ratio is then its cap, and 0 still means
+        the scale does not run). How many tokens run then depends on the video: fewer where the score is low
+        everywhere (still, converged), up to the cap where it is not.
     threshold, floor, cap: threshold mode only. With norm="mean" each term has mean 1 within the step, so I has
-        mean w_sp + w_tm; with norm="rank" each term lies in [0, 1]. FLOP predictions assume the cap.
+        mean w_sp + w_tm; with norm="rank" each term lies in [0, 1]. FLOP predictions assume the cap; the
+        accounting of a run (``stats``) counts the tokens that ran.
     last_k: how many of each clip's last scales are prunable; None = the detail (64-bit) scales, the default.
     prune_clip0: also prune clip 0 (the first frame). Off: it is a single frame, cheap, and every later clip
         starts from it.
@@ -448,7 +461,8 @@ class FastSTARConfig:
     w_sp, w_tm: weights of the two normalized terms.
     w_detail: weight of a third term, the local gradient energy of the scale's canvas view (``detail_energy``):
         where the canvas has edges, a wrong code changes the decoded frames most (0 = off, the default).
-    norm: "rank" (robust, scale-free) or "mean" (keeps relative magnitudes).
+    norm: "rank" (robust, scale-free), "mean" (keeps relative magnitudes) or "raw" (the terms as they are, 1 - cosine
+        in [0, 2]: with threshold mode, a bound that means the same on every step and video).
     update: "partial" (pruned positions get zero codes: Partial Update), "restore" (FastVAR-like: pruned
         positions take the previous scale's last-block hidden states (its last repetition), resized trilinearly;
         all positions are sampled) or "mean" (restored the same way; pruned positions get the mean code of their
@@ -632,9 +646,10 @@ class FastSTAR(Accelerator):
         j = position_from_end(schedule, s)
         if j >= k:
             return None
+        rho = per_scale(c.keep_ratios, j, 1.0)
         if c.mode == "threshold":
-            return c.cap
-        return per_scale(c.keep_ratios, j, 1.0)
+            return 0.0 if rho == 0.0 else min(rho, c.cap)      # the scale's cap (0: the scale does not run)
+        return rho
 
     def update_at(self, schedule: Schedule, step: Step) -> str:
         """The update rule (one of UPDATES) of a pruned step: ``update`` itself, or its entry for the scale's
@@ -693,7 +708,7 @@ class FastSTAR(Accelerator):
         that produced hidden states). None for a step that runs. A ratio-0 scale's first repetition follows
         ``skipped``, its later ones ``skipped_reps``."""
         c = self.cfg
-        if c.mode == "ratio" and self.keep_ratio(schedule, step) == 0.0:
+        if self.keep_ratio(schedule, step) == 0.0:
             return (c.skipped, "previous") if step.rep == 0 else (c.skipped_reps, "same")
         if self.cfg.rep_keep == 0 and self._rep_dropped(schedule, step):
             return (c.skipped_reps, "same")
@@ -893,7 +908,7 @@ class FastSTAR(Accelerator):
         elif c.mode == "ratio":
             keep = select_topk(score, info["n_keep"])
         else:
-            keep = select_threshold(score, c.threshold, c.floor, c.cap)
+            keep = select_threshold(score, c.threshold, min(c.floor, info["keep_ratio"]), info["keep_ratio"])
             info["n_keep"] = int(keep.numel())
         return keep
 
@@ -955,20 +970,36 @@ class FastSTAR(Accelerator):
 
 class RandomPrune(FastSTAR):
     """The control: a uniformly random kept subset at FastSTAR's ratios (same update, same schedule), drawn from
-    the accelerator's own generator keyed by (seed + seed_offset, step), so the sampler's stream is unchanged."""
+    the accelerator's own generator keyed by (seed + seed_offset, step), so the sampler's stream is unchanged.
+
+    In threshold mode the control keeps, at every step, as many tokens as FastSTAR's threshold would there (it
+    computes FastSTAR's score for the count alone) and draws that many uniformly: same tokens run, same FLOPs,
+    only the choice of which differs."""
 
     name = "random"
 
     def __init__(self, config: FastSTARConfig | None = None, **overrides):
         super().__init__(config, **overrides)
-        self.cfg = replace(self.cfg, spatial="off", temporal="off")   # no score: not used, and no probe blocks
+        if self.cfg.mode == "ratio":
+            self.cfg = replace(self.cfg, spatial="off", temporal="off")   # no score: not used, no probe blocks
 
     def _validate(self, cfg):
-        pass
+        if cfg.mode == "threshold":
+            super()._validate(cfg)            # the count of each step comes from FastSTAR's score
 
     def _scored(self, clip: int) -> bool:
-        return True
+        return True if self.cfg.mode == "ratio" else super()._scored(clip)
 
     def _importance(self, ctx: StepContext, h_BNC, info: dict) -> torch.Tensor:
-        g = own_generator(ctx.seed + self.cfg.seed_offset, ctx.step.index, salt=1)
+        c = self.cfg
+        if c.mode == "threshold":
+            rho = info["keep_ratio"]
+            info["n_keep"] = threshold_count(super()._importance(ctx, h_BNC, info), c.threshold,
+                                             min(c.floor, rho), rho)
+        g = own_generator(ctx.seed + c.seed_offset, ctx.step.index, salt=1)
         return torch.rand(ctx.num_tokens, generator=g).to(ctx.canvas.device)
+
+    def _select_scored(self, score: torch.Tensor, s: Scale, share: float, gen, info: dict) -> torch.Tensor:
+        if self.cfg.mode == "threshold":
+            return select_topk(score, info["n_keep"])      # FastSTAR's count, drawn uniformly
+        return super()._select_scored(score, s, share, gen, info)

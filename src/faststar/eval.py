@@ -266,10 +266,12 @@ SCORE_KNOBS = ("spatial", "temporal", "w_sp", "w_tm", "w_detail", "norm", "probe
 
 
 def control_name(method: str) -> str:
-    """``random:X`` for ``faststar:X``, without the knobs that random selection does not read (scores, spread)."""
+    """``random:X`` for ``faststar:X``, without the knobs that random selection does not read (scores, spread).
+    In threshold mode the control keeps the score knobs: it takes each step's count from FastSTAR's score."""
     from .accel.presets import SELECTION_SPREAD
     parts = method[len("faststar:"):].split("+")
-    kept = [parts[0]] + [p for p in parts[1:] if p.split("=")[0] not in SCORE_KNOBS + SELECTION_SPREAD]
+    unread = SELECTION_SPREAD if "mode=threshold" in parts[1:] else SCORE_KNOBS + SELECTION_SPREAD
+    kept = [parts[0]] + [p for p in parts[1:] if p.split("=")[0] not in unread]
     return "random:" + "+".join(kept)
 
 

@@ -136,7 +136,7 @@ def test_stats_match_flop_plan(tiny, method, kw):
 
 def test_threshold_mode_stays_within_floor_and_cap(tiny):
     model, sched, text, _ = tiny
-    kw = dict(mode="threshold", threshold=1.2, floor=0.2, cap=1.0, norm="mean", keep_ratios=1.0)  # caps 1.0
+    kw = dict(mode="threshold", threshold=1.2, floor=0.2, cap=1.0, norm="mean", keep_ratios=0.99)  # caps 0.99
     out = run(tiny, make_accelerator("faststar", **kw))
     rows = [r for r in out.stats if "n_keep" in r]
     assert len(rows) == 6
@@ -374,6 +374,9 @@ def test_threshold_mode_per_scale_caps_and_count_matched_random(tiny):
     # the cap binds: a bound of -1 keeps min(keep ratio, cap) of every pruned step
     g = run(tiny, make_accelerator("faststar", **{**kw, "threshold": -1.0, "cap": 0.4}))
     assert all(g.stats[i]["tokens_run"] == keep_count(0.4, g.stats[i]["tokens"]) for i in second)
+    # keep ratio 1 runs dense in threshold mode too (a preset's dense scales stay dense)
+    d = run(tiny, make_accelerator("faststar", **{**kw, "keep_ratios": (0.0, 1.0)}))
+    assert all(d.stats[i]["tokens_run"] == d.stats[i]["tokens"] and d.masks[i] is None for i in second)
     bound = flop_plan("faststar", schedule=sched, model_cfg=model.cfg, text_len=text.shape[0], **kw)
     assert f.summary()["flops"] <= bound["flops"] * (1 + 1e-12)
 

@@ -436,8 +436,9 @@ class FastSTARConfig:
         A float means the same ratio on every prunable scale; prunable scales beyond the tuple run dense.
         Lower = faster, less faithful. (Default = the "balanced" preset of presets.py.)
     mode: "ratio" (top ceil(rho*N)) or "threshold" (keep I > threshold, at least ``floor`` and at most
-        min(rho, ``cap``) of N, on every prunable scale: a scale's keep ratio is then its cap, and 0 still means
-        the scale does not run). How many tokens run then depends on the video: fewer where the score is low
+        min(rho, ``cap``) of N: a scale's keep ratio is then its cap, and 0 and 1 still mean that the scale does
+        not run / runs dense, so ``mode="threshold"`` on a preset thresholds the scales the preset prunes). How
+        many tokens run then depends on the step and the video; with norm="raw", fewer where the score is low
         everywhere (still, converged), up to the cap where it is not.
     threshold, floor, cap: threshold mode only. With norm="mean" each term has mean 1 within the step, so I has
         mean w_sp + w_tm; with norm="rank" each term lies in [0, 1]. FLOP predictions assume the cap; the
@@ -647,8 +648,8 @@ class FastSTAR(Accelerator):
         if j >= k:
             return None
         rho = per_scale(c.keep_ratios, j, 1.0)
-        if c.mode == "threshold":
-            return 0.0 if rho == 0.0 else min(rho, c.cap)      # the scale's cap (0: the scale does not run)
+        if c.mode == "threshold" and 0.0 < rho < 1.0:
+            return min(rho, c.cap)             # the scale's cap (0: the scale does not run; 1: it runs dense)
         return rho
 
     def update_at(self, schedule: Schedule, step: Step) -> str:
@@ -670,7 +671,7 @@ class FastSTAR(Accelerator):
         """Tokens kept at a pruned step (threshold mode: the cap), or None when the step runs dense."""
         c = self.cfg
         rho = self.keep_ratio(schedule, step)
-        if rho is None or (c.mode == "ratio" and (rho >= 1.0 or rho == 0.0)) or not self._scored(step.scale.clip):
+        if rho is None or rho >= 1.0 or rho == 0.0 or not self._scored(step.scale.clip):
             return None                        # dense, or (ratio 0) not run at all: see _skipped
         if c.dense_ref_steps and schedule.is_ref_step(step):
             return None

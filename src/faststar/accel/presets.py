@@ -50,7 +50,9 @@ ran (as released and in the video clips only). Random selection at the same knob
 26.39 / 26.17 dB at `fast-hq` / `fast` (+0.02 / +0.00, a tie): there only 20-60 % of one scale is selected, and
 even an oracle that knows each token's damage in the decoded video does no better than random (sections 12d, 12e;
 nor at 3.5-4x with other plans, 12g); FastSTAR's plain top-k was 0.03-0.08 dB below random there, spreading the
-kept set over 2x2 tiles (`block=2`) brings it level.
+kept set over 2x2 tiles (`block=2`) brings it level; independent random kept sets at `fast` differ by 0.02 dB per
+video (12l). Threshold mode (a bound on the score, the keep ratio as the cap) is no better than these fixed ratios
+at equal FLOPs (12l), so every preset is in ratio mode.
 Not running the last scale costs less than keeping part of it on this testbed; the second-to-last scale at 20-60 %
 changes `fast` by < 0.2 dB and its speed by 9 %. StageVAR in the video clips alone (37.7 dB at 1.52x) is
 FastSTAR with every keep ratio 1; the lightest pruning on top of it trades 0.4 dB for 2 % more speed (0.97: 37.32 dB

@@ -909,9 +909,14 @@ class FastSTAR(Accelerator):
         elif c.mode == "ratio":
             keep = select_topk(score, info["n_keep"])
         else:
-            keep = select_threshold(score, c.threshold, min(c.floor, info["keep_ratio"]), info["keep_ratio"])
-            info["n_keep"] = int(keep.numel())
+            info["n_keep"] = self._threshold_count(score, info)
+            keep = select_topk(score, info["n_keep"])
         return keep
+
+    def _threshold_count(self, score: torch.Tensor, info: dict) -> int:
+        """Threshold mode: how many tokens of the step pass the bound, between the floor and the step's cap."""
+        rho = info["keep_ratio"]
+        return threshold_count(score, self.cfg.threshold, min(self.cfg.floor, rho), rho)
 
     def _store_probe(self, scale: Scale, h_BNC: torch.Tensor) -> None:
         key = (scale.clip, scale.index_in_clip)
@@ -992,12 +997,9 @@ class RandomPrune(FastSTAR):
         return True if self.cfg.mode == "ratio" else super()._scored(clip)
 
     def _importance(self, ctx: StepContext, h_BNC, info: dict) -> torch.Tensor:
-        c = self.cfg
-        if c.mode == "threshold":
-            rho = info["keep_ratio"]
-            info["n_keep"] = threshold_count(super()._importance(ctx, h_BNC, info), c.threshold,
-                                             min(c.floor, rho), rho)
-        g = own_generator(ctx.seed + c.seed_offset, ctx.step.index, salt=1)
+        if self.cfg.mode == "threshold":
+            info["n_keep"] = self._threshold_count(super()._importance(ctx, h_BNC, info), info)
+        g = own_generator(ctx.seed + self.cfg.seed_offset, ctx.step.index, salt=1)
         return torch.rand(ctx.num_tokens, generator=g).to(ctx.canvas.device)
 
     def _select_scored(self, score: torch.Tensor, s: Scale, share: float, gen, info: dict) -> torch.Tensor:

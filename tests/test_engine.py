@@ -238,30 +238,6 @@ def test_attention_backends_cpu():
         select_backend("flash9", "cpu")
 
 
-def test_weighted_step_attention_counts_the_step_keys_weight_times():
-    """Key weight 3 on the step's own keys (the last Nq keys) = those keys present three times; the two-call
-    log-sum-exp merge (the fa3 path) agrees with it on exact partial results."""
-    from faststar.model.attention import _merge, sdpa_attention, weighted_step_attention
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, n, h, 8, generator=g) for n, h in ((5, 4), (9, 2), (9, 2)))
-    P = 9 - 5
-    dup = lambda t: torch.cat([t[:, :P]] + [t[:, P:]] * 3, 1)
-    want = sdpa_attention(q, dup(k), dup(v))
-    got = weighted_step_attention(sdpa_attention, 3.0)(q, k, v)
-    assert torch.allclose(got, want, atol=1e-5)
-    assert torch.allclose(weighted_step_attention(sdpa_attention, 1.0)(q, k, v), sdpa_attention(q, k, v), atol=1e-6)
-
-    def part(kk, vv):                        # output and log-sum-exp [B, H, N] of one key set, GQA expanded
-        kk, vv = kk.repeat_interleave(2, 2), vv.repeat_interleave(2, 2)
-        s = torch.einsum("bqhd,bkhd->bhqk", q, kk) * 8 ** -0.5
-        return torch.einsum("bhqk,bkhd->bqhd", s.softmax(-1), vv), s.logsumexp(-1)
-    o1, l1 = part(k[:, :P], v[:, :P])
-    o2, l2 = part(k[:, P:], v[:, P:])
-    assert torch.allclose(_merge(o1, l1, o2, l2 + math.log(3.0)), want, atol=1e-5)
-    with pytest.raises(ValueError, match="key weight"):
-        weighted_step_attention(sdpa_attention, 0.0)
-
-
 # ---------------------------------------------------------------------------------------------- checkpoints
 def test_sharded_checkpoint_loads_like_single_file(golden, tmp_path):
     sd = load_file(str(golden / "transformer_tiny" / "weights.safetensors"))

@@ -265,3 +265,28 @@ def schedule_flops(schedule: Schedule, cfg, text_len: int = 128, batch: int = 2)
         steps.append(dict(step=st.index, scale=s.index, tokens=s.num_tokens, linear=lin, attention=att))
     total = text_lin + text_att + sum(x["linear"] + x["attention"] for x in steps)
     return dict(text=text_lin + text_att, steps=steps, total=total)
+
+
+def step_cost(cfg, schedule: Schedule, step: Step, *, text_len: int, tokens_run: int | None, prune_layer: int,
+              branches: int, ref_lens, batch: int = 2) -> tuple[float, float]:
+    """(FLOPs as run, FLOPs dense) of one step: the one cost model of the loop's statistics and of the FLOP
+    prediction (``faststar.accel.flop_plan``).
+
+    tokens_run: tokens through blocks [prune_layer, depth) (None = all N; 0 with branches 0 = the step did not
+    run); blocks [0, prune_layer) run all N. ref_lens: per-layer length of the reference context this step
+    attends to (a pruned referenced step leaves the next clip fewer keys). The dense cost runs all N with the
+    full reference, on ``batch`` guidance rows.
+    """
+    s = step.scale
+    N = s.num_tokens
+    n_run = N if tokens_run is None else tokens_run
+    kw = dict(depth=1, width=cfg.width, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
+              mlp_hidden=cfg.mlp_hidden)
+    flops = 0.0
+    if branches > 0:
+        for layer in range(cfg.depth):
+            n_q = N if layer < prune_layer else n_run
+            flops += sum(step_flops(n_q, text_len + ref_lens[layer] + n_q, batch=branches, **kw))
+    full_ref = schedule.scales[s.ref_scale].num_tokens if s.ref_scale is not None else 0
+    dense = sum(step_flops(N, text_len + full_ref + N, batch=batch, **dict(kw, depth=cfg.depth)))
+    return flops, dense

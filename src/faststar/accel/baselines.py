@@ -2,23 +2,26 @@
 
 - ``FastVAR``   pivotal tokens by distance from the step's mean hidden state; pruned slots restored from a cached
                 earlier-scale branch output, resized (csguoh/FastVAR, adapted; see FastVARConfig for differences).
-- ``StageVAR``  single guidance branch on the last scales; optional "low-rank" stand-in on the last scale
-                (sen-mao/FasterVAR, adapted: no token mixing, see StageVARConfig).
+- ``StageVAR``  single guidance branch on the last scales (the guidance policy, ``guidance.py``) and an optional
+                "low-rank" stand-in on the last scale (sen-mao/FasterVAR, adapted: no token mixing, see
+                StageVARConfig).
 - ``SkipScales`` skip the last n scales of each video clip (FastVAR's implicit skip, SkipVAR's action).
-- ``random``    lives in faststar.py (``RandomPrune``): FastSTAR's machinery with a uniformly random score.
+- ``random``    is FastSTAR with a random selector (``faststar.RandomPrune``).
 
-Every method can be combined with StageVAR's single-branch late guidance (``single_branch_last``).
+Any method combines with single-branch late guidance (``single_branch_last`` in a method string).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
 from ..schedule import Schedule, Step
 from .base import Accelerator, StepBudget, StepContext, StepOutput, StepPlan
-from .faststar import (PrevScaleHidden, _check_ratios, _ratios, keep_count, match_batch, own_generator,
-                       position_from_end, resize_tokens, select_topk, single_branch)
+from .faststar import ratios
+from .guidance import position_from_end
+from .restore import PrevScaleHidden, match_batch, resize_tokens
+from .selection import keep_count, own_generator, select_topk
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -64,7 +67,6 @@ class FastVARConfig:
         the pruning result separate from skipping.
     prune_clip0: also prune clip 0 (the first frame).
     dense_ref_steps: a step that a later clip attends to runs dense.
-    single_branch_last: combine with single-branch guidance on the last n scales of each clip.
     resize: how the cached branch output is resized ("area" as FastVAR does).
 
     Restoration: at the scale just before the first pruned scale of a clip, the branch output of blocks
@@ -77,46 +79,35 @@ class FastVARConfig:
     skip_last: int = 0
     prune_clip0: bool = False
     dense_ref_steps: bool = False
-    single_branch_last: int = 0
     resize: str = "area"
 
     def __post_init__(self):
-        self.keep_ratios = _ratios(self.keep_ratios)
-        _check_ratios("keep_ratios", self.keep_ratios)
+        r = ratios(self.keep_ratios)
+        self.keep_ratios = (r,) if isinstance(r, float) else r
         if self.prune_layer is not None and self.prune_layer < 0:
             raise ValueError(f"prune_layer must be >= 0 or None, got {self.prune_layer}")
-        if self.skip_last < 0 or self.single_branch_last < 0:
-            raise ValueError("skip_last and single_branch_last must be >= 0")
+        if self.skip_last < 0:
+            raise ValueError("skip_last must be >= 0")
 
 
 class FastVAR(Accelerator):
     name = "fastvar"
     config_class = FastVARConfig
 
-    def __init__(self, config: FastVARConfig | None = None, **overrides):
-        cfg = config if config is not None else FastVARConfig()
-        self.cfg = replace(cfg, **overrides) if overrides else cfg
-        self.preset: str | None = None
-        self.depth: int | None = None
+    def __init__(self, config: FastVARConfig | None = None, *, guidance=None, **overrides):
+        super().__init__(config, guidance=guidance, **overrides)
         self._mid = None           # (step index, hidden state at prune_layer of that step, all tokens [B, N, C])
         self._delta = None         # (clip, thw, delta [B, N, C]) branch output of the cache scale
-
-    def setup(self, model_cfg) -> None:
-        self.depth = model_cfg.depth
 
     @property
     def prune_layer(self) -> int:
         if self.depth is None:
-            raise RuntimeError("FastVAR needs the model depth: reset() or setup(model_cfg) first")
+            raise RuntimeError("FastVAR needs the model depth: setup(model_cfg) first")
         p = self.cfg.prune_layer if self.cfg.prune_layer is not None else round(3 / 32 * self.depth)
         return min(p, self.depth - 1)
 
-    def reset(self, schedule: Schedule, model, seed: int) -> None:
-        self.setup(model.cfg)
+    def reset(self, schedule: Schedule, seed: int) -> None:
         self._mid = self._delta = None
-
-    def describe(self) -> dict:
-        return {"method": self.name, "preset": self.preset, **asdict(self.cfg)}
 
     # -- schedule logic ---------------------------------------------------------------------------------------
     def _in_clip(self, step: Step) -> bool:
@@ -134,16 +125,15 @@ class FastVAR(Accelerator):
         return max(pruned) + 1 if pruned else None
 
     def budget(self, schedule: Schedule, step: Step) -> StepBudget:
-        br = 1 if single_branch(schedule, step.scale, self.cfg.single_branch_last) else 2
         if self._in_clip(step) and position_from_end(schedule, step.scale) < self.cfg.skip_last:
-            return StepBudget(run=False, branches=br)
+            return StepBudget(run=False)
         rho = self._ratio(schedule, step)
         if rho >= 1.0 or (self.cfg.dense_ref_steps and schedule.is_ref_step(step)):
-            return StepBudget(True, br, None, 0)
+            return StepBudget()
         n = keep_count(rho, step.scale.num_tokens)
         if n >= step.scale.num_tokens:
-            return StepBudget(True, br, None, 0)
-        return StepBudget(True, br, n, self.prune_layer)
+            return StepBudget()
+        return StepBudget(True, n, self.prune_layer)
 
     def _is_cache_step(self, schedule: Schedule, step: Step) -> bool:
         jc = self._cache_position()
@@ -154,22 +144,23 @@ class FastVAR(Accelerator):
         st, sch, p = ctx.step, ctx.schedule, self.prune_layer
         b = self.budget(sch, st)
         if not b.run:
-            return StepPlan(run=False, branches=b.branches, info=dict(skipped=True))
+            return StepPlan(run=False, info=dict(skipped=True))
         if b.tokens is None:
             if self._is_cache_step(sch, st):
                 if p > 0:
-                    return StepPlan(branches=b.branches, prune_layer=p, select=self._capture)
+                    return StepPlan(prune_layer=p, select_at_prune_layer=self._capture)
                 self._mid = (st.index, ctx.tokens[None])
-            return StepPlan(branches=b.branches)
+            return StepPlan()
         info = dict(keep_ratio=self._ratio(sch, st), n_keep=b.tokens)
         if p > 0:
-            def select(h_BNC, ctx_, _n=b.tokens, _info=info):
+            def at_prune_layer(h_BNC, ctx_, _n=b.tokens, _info=info):
                 self._mid = (ctx_.step.index, h_BNC)
-                return self._choose(h_BNC, _n, _info).to(h_BNC.device)
-            return StepPlan(branches=b.branches, prune_layer=p, select=select, restore=self._restore, info=info)
+                return self._choose(h_BNC, _n, _info).to(h_BNC.device), self._fill(h_BNC, ctx_)
+            return StepPlan(prune_layer=p, select_at_prune_layer=at_prune_layer, info=info)
+        mid = match_batch(ctx.tokens[None], ctx.branches)
         self._mid = (st.index, ctx.tokens[None])
         keep = self._choose(ctx.tokens[None], b.tokens, info).to(ctx.tokens.device)
-        return StepPlan(keep_idx=keep, branches=b.branches, restore=self._restore, info=info)
+        return StepPlan(keep_idx=keep, fill=self._fill(mid, ctx), info=info)
 
     def _choose(self, h_BNC: torch.Tensor, n: int, info: dict) -> torch.Tensor:
         score = fastvar_score(h_BNC)
@@ -178,18 +169,15 @@ class FastVAR(Accelerator):
 
     def _capture(self, h_BNC: torch.Tensor, ctx: StepContext):
         self._mid = (ctx.step.index, h_BNC)
-        return None
+        return None, None
 
-    def _restore(self, h_kept: torch.Tensor, keep: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        B = h_kept.shape[0]
-        full = match_batch(self._mid[1], B).to(h_kept.dtype)
-        if self._delta is not None and self._delta[0] == ctx.scale.clip:
-            _, thw, delta = self._delta
-            full = full + match_batch(resize_tokens(delta, thw, ctx.scale.thw, self.cfg.resize), B).to(full.dtype)
-        else:
-            full = full.clone()
-        full[:, keep] = h_kept
-        return full
+    def _fill(self, mid_BNC: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """A pruned position's states: its hidden state at prune_layer plus the cache scale's branch output."""
+        if self._delta is None or self._delta[0] != ctx.scale.clip:
+            return mid_BNC
+        _, thw, delta = self._delta
+        B = mid_BNC.shape[0]
+        return mid_BNC.to(delta.dtype) + match_batch(resize_tokens(delta, thw, ctx.scale.thw, self.cfg.resize), B)
 
     def observe(self, ctx: StepContext, out: StepOutput) -> None:
         st = ctx.step
@@ -208,10 +196,9 @@ class FastVAR(Accelerator):
 
 @dataclass
 class StageVARConfig:
-    """StageVAR knobs (the InfinityStar README runs single_branch_last=3, low_rank_last=1, rank_ratio=0.1).
+    """StageVAR's own knob beside single-branch guidance (the InfinityStar README runs single_branch_last=3,
+    low_rank_last=1, rank_ratio=0.1; single_branch_last is the guidance policy of every method).
 
-    single_branch_last: the last n scales of each clip run one guidance branch (the conditional one here; the
-        original keeps the row that carries the null-text K/V) with no CFG/APG: half the compute there.
     low_rank_last: the last n scales of each clip run the "low-rank" stand-in. The original compresses the L
         tokens into r random mixtures; RoPE gives every token its own (t, h, w) position, so mixtures of tokens
         have no position and cannot run through our blocks. Our version: draw r = ceil(rank_ratio * N)
@@ -222,11 +209,10 @@ class StageVARConfig:
         that a later clip attends to never takes this path (its K/V is the next clip's context).
     rank_ratio: r / N of the stand-in.
     sampling: "norm" (leverage-style) or "uniform".
-    clip0: apply to clip 0 as well.
+    clip0: the stand-in on clip 0 as well.
     resize: resize mode of the restored hidden states ("area" as the original).
     seed_offset: varies the stand-in's own random stream.
     """
-    single_branch_last: int = 3
     low_rank_last: int = 0
     rank_ratio: float = 0.1
     sampling: str = "norm"
@@ -235,8 +221,8 @@ class StageVARConfig:
     seed_offset: int = 0
 
     def __post_init__(self):
-        if self.single_branch_last < 0 or self.low_rank_last < 0:
-            raise ValueError("single_branch_last and low_rank_last must be >= 0")
+        if self.low_rank_last < 0:
+            raise ValueError("low_rank_last must be >= 0")
         if not 0.0 < self.rank_ratio <= 1.0:
             raise ValueError(f"rank_ratio must be in (0, 1], got {self.rank_ratio}")
         if self.sampling not in ("norm", "uniform"):
@@ -247,17 +233,12 @@ class StageVAR(Accelerator):
     name = "stagevar"
     config_class = StageVARConfig
 
-    def __init__(self, config: StageVARConfig | None = None, **overrides):
-        cfg = config if config is not None else StageVARConfig()
-        self.cfg = replace(cfg, **overrides) if overrides else cfg
-        self.preset: str | None = None
+    def __init__(self, config: StageVARConfig | None = None, *, guidance=None, **overrides):
+        super().__init__(config, guidance=guidance, **overrides)
         self._prev = PrevScaleHidden()  # previous scale's full last-block hidden
 
-    def reset(self, schedule: Schedule, model, seed: int) -> None:
+    def reset(self, schedule: Schedule, seed: int) -> None:
         self._prev.clear()
-
-    def describe(self) -> dict:
-        return {"method": self.name, "preset": self.preset, **asdict(self.cfg)}
 
     def _low_rank(self, schedule: Schedule, step: Step) -> int | None:
         c, s = self.cfg, step.scale
@@ -269,23 +250,20 @@ class StageVAR(Accelerator):
         return n if n < s.num_tokens else None
 
     def budget(self, schedule: Schedule, step: Step) -> StepBudget:
-        br = 1 if single_branch(schedule, step.scale, self.cfg.single_branch_last, self.cfg.clip0) else 2
-        return StepBudget(True, br, self._low_rank(schedule, step), 0)
+        return StepBudget(tokens=self._low_rank(schedule, step))
 
     def plan(self, ctx: StepContext) -> StepPlan:
         b = self.budget(ctx.schedule, ctx.step)
         if b.tokens is None:
-            return StepPlan(branches=b.branches)
+            return StepPlan()
         info = dict(rank_ratio=self.cfg.rank_ratio, n_keep=b.tokens)
-        if self._prev.previous(ctx.scale) is None:
+        fill = self._prev.resized(ctx.scale, self.cfg.resize)
+        if fill is None:
             info["low_rank_fallback"] = "no previous-scale hidden states: dense"
-            return StepPlan(branches=b.branches, info=info)
+            return StepPlan(info=info)
         g = own_generator(ctx.seed + self.cfg.seed_offset, ctx.step.index, salt=2)
         keep = leverage_sample(ctx.tokens, b.tokens, g, by_norm=self.cfg.sampling == "norm")
-        return StepPlan(keep_idx=keep, branches=b.branches, restore=self._restore, info=info)
-
-    def _restore(self, h_kept: torch.Tensor, keep: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        return self._prev.fill(h_kept, keep, ctx.scale, self.cfg.resize)
+        return StepPlan(keep_idx=keep, fill=fill, info=info)
 
     def observe(self, ctx: StepContext, out: StepOutput) -> None:
         st, sch, s = ctx.step, ctx.schedule, ctx.scale
@@ -303,34 +281,24 @@ class StageVAR(Accelerator):
 class SkipConfig:
     """last_n: skip the last n scales of each video clip (no forward, zero codes: the canvas stays as it is).
     A step that a later clip attends to always runs (the loop forces it: its K/V is the context).
-    clip0: skip on clip 0 too. single_branch_last: combine with single-branch guidance on the last n scales."""
+    clip0: skip on clip 0 too."""
     last_n: int = 1
     clip0: bool = False
-    single_branch_last: int = 0
 
     def __post_init__(self):
-        if self.last_n < 0 or self.single_branch_last < 0:
-            raise ValueError("last_n and single_branch_last must be >= 0")
+        if self.last_n < 0:
+            raise ValueError("last_n must be >= 0")
 
 
 class SkipScales(Accelerator):
     name = "skip"
     config_class = SkipConfig
 
-    def __init__(self, config: SkipConfig | None = None, **overrides):
-        cfg = config if config is not None else SkipConfig()
-        self.cfg = replace(cfg, **overrides) if overrides else cfg
-        self.preset: str | None = None
-
-    def describe(self) -> dict:
-        return {"method": self.name, "preset": self.preset, **asdict(self.cfg)}
-
     def budget(self, schedule: Schedule, step: Step) -> StepBudget:
         s = step.scale
-        br = 1 if single_branch(schedule, s, self.cfg.single_branch_last) else 2
         skipped = (s.clip > 0 or self.cfg.clip0) and position_from_end(schedule, s) < self.cfg.last_n
-        return StepBudget(run=not skipped, branches=br)
+        return StepBudget(run=not skipped)
 
     def plan(self, ctx: StepContext) -> StepPlan:
         b = self.budget(ctx.schedule, ctx.step)
-        return StepPlan(run=b.run, branches=b.branches, info=dict(skipped=True) if not b.run else {})
+        return StepPlan(run=b.run, info=dict(skipped=True) if not b.run else {})

@@ -21,12 +21,11 @@ class GraphedBlocks:
         self.captures = 0
         self.replays = 0
 
-    def __call__(self, x_BNC, cos, sin, cache, layer_outputs=None, layers=None, key_weight=1.0):
+    def __call__(self, x_BNC, cos, sin, cache, layer_outputs=None, layers=None):
         B, N, _ = x_BNC.shape
         if (layer_outputs is not None or layers is not None or N > self.max_tokens or x_BNC.device.type != "cuda"
-                or torch.is_grad_enabled() or key_weight != 1.0):
-            return self.eager(x_BNC, cos, sin, cache, layer_outputs=layer_outputs, layers=layers,
-                              key_weight=key_weight)
+                or torch.is_grad_enabled()):
+            return self.eager(x_BNC, cos, sin, cache, layer_outputs=layer_outputs, layers=layers)
         key = (B, N, cache.text_len, tuple(cache.ref_lens), id(cache), x_BNC.dtype, cos.dtype)
         g = self.graphs.get(key)
         if g is None:

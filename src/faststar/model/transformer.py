@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import TransformerConfig
-from .attention import BACKENDS, select_backend, weighted_step_attention
+from .attention import BACKENDS, select_backend
 from .cache import KVCache
 from .rope import apply_rope
 
@@ -254,15 +254,9 @@ class STARTransformer(nn.Module):
         return self.word_embed(x_N64.to(self.word_embed.weight.dtype))
 
     def forward_blocks(self, x_BNC: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache,
-                       layer_outputs: list | None = None, layers: range | None = None,
-                       key_weight: float = 1.0) -> torch.Tensor:
-        """Run blocks ``layers`` (default all) on x; each writes its K/V after the cache prefix and attends to it.
-
-        key_weight != 1: each of the step's own keys counts ``key_weight`` times against the prefix's (the
-        attention logits of the step's keys get + log(key_weight)): pruned steps' proportional attention."""
+                       layer_outputs: list | None = None, layers: range | None = None) -> torch.Tensor:
+        """Run blocks ``layers`` (default all) on x; each writes its K/V after the cache prefix and attends to it."""
         attn_fn = BACKENDS[self.attn_backend]
-        if key_weight != 1.0:
-            attn_fn = weighted_step_attention(attn_fn, key_weight)
         x = x_BNC.to(self.block_dtype)
         blocks = self.layers
         for i in (layers if layers is not None else range(len(blocks))):

@@ -31,8 +31,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from faststar import accel  # noqa: E402
 from faststar.accel.base import StepPlan  # noqa: E402
-from faststar.accel.faststar import (FastSTAR, RandomPrune, resize_tokens, scale_views,  # noqa: E402
-                                     spatial_similarity, temporal_similarity)
+from faststar.accel.faststar import FastSTAR, RandomPrune  # noqa: E402
+from faststar.accel.restore import resize_tokens  # noqa: E402
+from faststar.accel.scores import scale_views, spatial_similarity, temporal_similarity  # noqa: E402
 from faststar.eval import load_prompts  # noqa: E402
 from faststar.metrics import psnr  # noqa: E402
 from faststar.sampling import bit_means  # noqa: E402
@@ -50,52 +51,50 @@ def _partial_steps(acc: FastSTAR, schedule) -> set[int]:
 class Probe(FastSTAR):
     """X with its partially pruned steps run in full, measuring the per-token damage of pruning them."""
 
-    name = "faststar"
-
-    def reset(self, schedule, model, seed):
-        super().reset(schedule, model, seed)
+    def reset(self, schedule, seed):
+        super().reset(schedule, seed)
         self.partial = _partial_steps(self, schedule)
         self.damage: dict[int, torch.Tensor] = {}
         self.score: dict[int, torch.Tensor] = {}
         self.inputs: dict[int, tuple] = {}
 
-    def _plan(self, ctx):
+    def plan(self, ctx):
         if ctx.step.index not in self.partial:
-            return super()._plan(ctx)
-        self.score[ctx.step.index] = self._importance(ctx, None, {}).float().cpu()
-        self.inputs[ctx.step.index] = (ctx.canvas.clone(), ctx.x_view.clone(), self._prev_thw(ctx),
+            return super().plan(ctx)
+        s = ctx.scale
+        self.score[ctx.step.index] = self.selector.score(ctx, {}).float().cpu()
+        prev_thw = (s.thw[0], 1, 1) if s.index_in_clip == 0 else ctx.schedule.scales[s.index - 1].thw
+        self.inputs[ctx.step.index] = (ctx.canvas.clone(), ctx.x_view.clone(), prev_thw,
                                        None if ctx.prev_clip_canvas is None else ctx.prev_clip_canvas.clone())
-        return StepPlan(branches=self.budget(ctx.schedule, ctx.step).branches)
+        return StepPlan()
 
     def observe(self, ctx, out):
         s = ctx.scale
         if ctx.step.index in self.partial and out.hidden is not None and out.hidden.shape[1] == s.num_tokens:
-            m_own = bit_means(ctx.model.logits(out.hidden[:1], s.bits)[0])
+            m_own = bit_means(ctx.head(out.hidden[:1])[0])
             prev = self._prev.previous(s)
-            if self.update_at(ctx.schedule, ctx.step) == "partial" or prev is None:
+            if self.cfg.update == "partial" or prev is None:
                 d = m_own.abs().mean(-1)
             else:
-                m_fill = bit_means(ctx.model.logits(resize_tokens(prev[1][:1], prev[0], s.thw, "trilinear"),
-                                                    s.bits)[0])
+                m_fill = bit_means(ctx.head(resize_tokens(prev[1][:1], prev[0], s.thw, "trilinear"))[0])
                 d = (m_own - m_fill).abs().mean(-1)
             self.damage[ctx.step.index] = d.float().cpu()
         super().observe(ctx, out)
 
 
-class Oracle(FastSTAR):
-    """X with the kept set taken from a table of per-step scores (highest kept)."""
+class TableSelector:
+    """A selector whose score is a table of per-step scores (highest kept): the oracle, through FastSTAR's
+    selector argument."""
 
-    name = "faststar"
-
-    def __init__(self, table: dict[int, torch.Tensor], sign: float, config):
-        super().__init__(config)
+    def __init__(self, table: dict[int, torch.Tensor], sign: float):
         self.table, self.sign = table, sign
 
-    def _uses_probe(self):
-        return False
-
-    def _importance(self, ctx, h_BNC, info):
+    def score(self, ctx, info):
         return (self.sign * self.table[ctx.step.index]).to(ctx.canvas.device)
+
+
+def Oracle(table, sign, config, guidance=None):
+    return FastSTAR(config, selector=TableSelector(table, sign), guidance=guidance)
 
 
 def scale_damage(pipe, prompt: str, seed: int, cfg, image=None) -> tuple[int, torch.Tensor, torch.Tensor, "Probe"]:
@@ -107,14 +106,16 @@ def scale_damage(pipe, prompt: str, seed: int, cfg, image=None) -> tuple[int, to
     from dataclasses import replace
     sch = pipe.spec.schedule(None, None)
     probe = Probe(cfg)
-    probe.reset(sch, pipe.transformer, seed)
+    probe.setup(pipe.transformer.cfg)
+    probe.reset(sch, seed)
     part = [st for st in sch.steps if st.index in probe.partial]
     if not part or len({st.scale.index for st in part}) != 1 or part[0].scale.clip != sch.scales[-1].clip:
         raise ValueError("the pixel oracle handles configurations that partially prune one scale of the last clip")
     full = pipe(prompt, image=image, seed=seed, progress=False, accelerator=probe)
     ratios = cfg.keep_ratios if isinstance(cfg.keep_ratios, tuple) else (cfg.keep_ratios,)
     tiny = tuple(1e-9 if 0.0 < r < 1.0 else r for r in ratios)      # one token runs, the rest get the update
-    filled = pipe(prompt, image=image, seed=seed, progress=False, accelerator=FastSTAR(replace(cfg, keep_ratios=tiny)))
+    filled = pipe(prompt, image=image, seed=seed, progress=False,
+                  accelerator=FastSTAR(replace(cfg, keep_ratios=tiny), guidance=probe.guidance))
     t, h, w = part[0].scale.thw
     T = full.latent.shape[2]
     a = torch.from_numpy(full.frames).float()
@@ -139,7 +140,7 @@ def proxies(probe: Probe, k: int) -> dict[str, torch.Tensor]:
     gx[:, :, 1:] = (x0[:, :, :, 1:] - x0[:, :, :, :-1]).pow(2).sum(0)
     out = {"1-S_sp": 1 - spatial_similarity(xs, u), "high-pass |x-u|^2": (xs - u).pow(2).sum(1)[0].flatten(),
            "|x|^2": x0.pow(2).sum(0).flatten(), "gradient |dx|^2": (gx + gy).flatten()}
-    tm = temporal_similarity(x, prev_clip, "prev_frame")
+    tm = temporal_similarity(x, prev_clip)
     if tm is not None:
         out["1-S_tm"] = 1 - tm
     return out
@@ -181,23 +182,23 @@ def main(argv=None):
             dense, d_lat = d_out.frames, d_out.latent
             for spec in a.methods.split(","):
                 base = accel.accelerator_from_spec(spec)
-                cfg = base.cfg
-                probe = Probe(cfg)
+                cfg, g = base.cfg, base.guidance
+                probe = Probe(cfg, guidance=base.guidance)
                 pipe(it["prompt"], image=it.get("image"), seed=seed, progress=False, decode=False, accelerator=probe)
                 row = dict(method=spec, prompt=it["prompt"], seed=seed,
                            rho_score=[spearman(probe.score[k], probe.damage[k]) for k in sorted(probe.damage)],
                            rho_random=[spearman(torch.rand(v.numel(), generator=torch.Generator().manual_seed(k)),
                                                 v) for k, v in sorted(probe.damage.items())])
-                runs = [("faststar", base), ("random", RandomPrune(cfg)),
-                        ("oracle", Oracle(probe.damage, 1.0, cfg)), ("anti-oracle", Oracle(probe.damage, -1.0, cfg))]
+                runs = [("faststar", base), ("random", RandomPrune(**vars(cfg), guidance=base.guidance)),
+                        ("oracle", Oracle(probe.damage, 1.0, cfg, g)), ("anti-oracle", Oracle(probe.damage, -1.0, cfg, g))]
                 if a.pixel:
                     k, e_pix, e_lat, px_probe = scale_damage(pipe, it["prompt"], seed, cfg, it.get("image"))
                     row["rho_proxies_pixel"] = {n: spearman(v.cpu(), e_pix) for n, v in proxies(px_probe, k).items()}
                     row["rho_score_pixel"] = spearman(probe.score[k], e_pix)
                     row["rho_bits_pixel"] = spearman(probe.damage[k], e_pix)
                     row["rho_latent_pixel"] = spearman(e_lat, e_pix)
-                    runs += [("pixel-oracle", Oracle({k: e_pix}, 1.0, cfg)),
-                             ("latent-oracle", Oracle({k: e_lat}, 1.0, cfg))]
+                    runs += [("pixel-oracle", Oracle({k: e_pix}, 1.0, cfg, g)),
+                             ("latent-oracle", Oracle({k: e_lat}, 1.0, cfg, g))]
                 if a.proxies_only:
                     runs = []
                     print(json.dumps(row["rho_proxies_pixel"]), flush=True)

@@ -44,10 +44,10 @@ def test_plan_kinds_decide_which_methods_need_a_warm_up():
         return plan_kinds(accelerator_from_spec(spec), sch, cfg)
     assert kinds("dense") == {"dense"}
     assert kinds("skip:last1") == {"dense"}                       # a step that does not run compiles nothing
-    assert kinds("faststar:guided-balanced") == {"dense", "pruned"}
+    assert kinds("faststar:paper") == {"dense", "pruned"}
     assert kinds("fastvar:hart") == {"dense", "pruned"}
     assert kinds("stagevar:cfg0") == {"dense", "single-branch"}
-    assert kinds("faststar:guided-balanced+single_branch_last=2") == {"dense", "single-branch", "pruned+single-branch"}
+    assert kinds("faststar:paper+single_branch_last=2") == {"dense", "single-branch", "pruned+single-branch"}
     assert kinds("faststar:balanced") == {"dense", "single-branch", "pruned+single-branch"}
 
 

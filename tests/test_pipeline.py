@@ -186,7 +186,7 @@ def test_cli_accelerator_string_and_errors(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cli, "_load_pipe", lambda a: loads.append(a) or (_ for _ in ()).throw(AssertionError))
     for args, msg in ((["--accel", "faststar", "--preset", "nope"], "unknown preset 'nope'"),
                       (["--accel", "faststar:quality+bogus=1"], "unknown faststar option(s) ['bogus']"),
-                      (["--accel", "faststar:quality+temporal=sideways"], "temporal must be one of"),
+                      (["--accel", "faststar:quality+update=sideways"], "update must be one of"),
                       (["--accel", "faststar:quality", "--preset", "fast"], "names the preset 'quality'"),
                       (["--preset", "quality"], "needs --accel"),
                       (["--accel", "warp"], "unknown acceleration method 'warp'")):

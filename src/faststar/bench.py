@@ -97,15 +97,14 @@ def plan_kinds(acc, schedule, model_cfg) -> set:
     recompile, so a new keep ratio needs no new warm-up; a new guidance batch size does)."""
     if acc is None:
         return {"dense"}
-    if hasattr(acc, "setup"):
-        acc.setup(model_cfg)
+    acc.setup(model_cfg)
     kinds = set()
     for st in schedule.steps:
         b = acc.budget(schedule, st)
         if not b.run:
             continue
         pruned = b.tokens is not None and b.tokens < st.scale.num_tokens
-        single = b.branches == 1
+        single = acc.guidance.branches(schedule, st.scale) == 1
         kinds.add("pruned+single-branch" if pruned and single else "pruned" if pruned
                   else "single-branch" if single else "dense")
     return kinds

@@ -21,16 +21,10 @@ DEFAULT_PROMPTS = Path(__file__).resolve().parent / "data" / "eval_prompts.jsonl
 # method[:preset] strings; the standard comparison set (at several speedups each)
 # (spec syntax: faststar.accel.parse_method_spec)
 STANDARD_METHODS = [
-    "faststar:quality", "faststar:balanced", "faststar:fast-hq", "faststar:fast", "faststar:guided-quality",
-    "faststar:guided-balanced", "faststar:guided-fast", "faststar:fast-keep28", "faststar:fast-pruned",
-    "faststar:prune-balanced", "faststar:prune-fast",
-    # FastSTAR's variants at three budgets: one score term, the other temporal reference, the confidence score,
-    # Partial Update
-    *[f"faststar:{p}+{v}" for v in ("temporal=off", "spatial=off", "temporal=prev_clip", "spatial=confidence",
-                                    "update=partial")
-      for p in ("quality", "prune-balanced", "prune-fast")],
-    "random:quality", "random:balanced", "random:fast-hq", "random:fast", "random:fast-keep28", "random:fast-pruned",
-    "random:prune-balanced", "random:prune-fast",
+    "faststar:quality", "faststar:balanced", "faststar:fast-hq", "faststar:fast", "faststar:paper",
+    # FastSTAR's variants: one score term, Partial Update
+    *[f"faststar:{p}+{v}" for v in ("w_tm=0", "w_sp=0", "update=partial") for p in ("quality", "fast")],
+    "random:quality", "random:balanced", "random:fast-hq", "random:fast", "random:paper",
     "fastvar:hart", "fastvar:balanced", "fastvar:fast",
     "stagevar:cfg0-last2", "stagevar:cfg0", "stagevar:original", "stagevar:cfg0-video", "stagevar:original-video",
     "skip:last1", "skip:last2", "skip:last3",
@@ -262,15 +256,14 @@ def summarize_rows(rows: list[dict]) -> list[dict]:
 
 
 # knobs that only change how FastSTAR scores tokens or spreads its kept set: the random control does not read them
-SCORE_KNOBS = ("spatial", "temporal", "w_sp", "w_tm", "w_detail", "norm", "probe_layer")
+SCORE_KNOBS = ("w_sp", "w_tm", "w_detail", "combine")
 
 
 def control_name(method: str) -> str:
-    """``random:X`` for ``faststar:X``, without the knobs that random selection does not read (scores, spread).
-    In threshold mode the control keeps the score knobs: it takes each step's count from FastSTAR's score."""
+    """``random:X`` for ``faststar:X``, without the knobs that random selection does not read (scores, spread)."""
     from .accel.presets import SELECTION_SPREAD
     parts = method[len("faststar:"):].split("+")
-    unread = SELECTION_SPREAD if "mode=threshold" in parts[1:] else SCORE_KNOBS + SELECTION_SPREAD
+    unread = SCORE_KNOBS + SELECTION_SPREAD
     kept = [parts[0]] + [p for p in parts[1:] if p.split("=")[0] not in unread]
     return "random:" + "+".join(kept)
 
@@ -345,7 +338,7 @@ def _family(row: dict) -> str:
         acc = row.get("accelerator") or {}
         upd = acc.get("update")
         if upd is None:
-            upd = next((u for u in ("mean", "restore", "partial") if f"update={u}" in method), "partial")
+            upd = next((u for u in ("copy", "restore", "partial") if f"update={u}" in method), "partial")
         return f"{name} ({upd})"
     return name
 

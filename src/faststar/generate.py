@@ -272,7 +272,7 @@ class _Loop:
         if sch.is_last_of_clip(st):
             self.clip_canvases.append(self.canvas)
         n_run = 0 if not plan.run else (s.num_tokens if ran is None else int(ran.numel()))
-        p_layer = plan.prune_layer if (plan.run and plan.select_at_prune_layer is not None) else 0
+        p_layer = plan.prune_layer if (plan.select_at_prune_layer is not None and ran is not None) else 0
         flops, dense = step_cost(cfg, sch, st, text_len=self.L, tokens_run=n_run, prune_layer=p_layer,
                                  branches=branches if plan.run else 0, ref_lens=refs, batch=self.batch)
         unread = forced is not None and mode == "skip"     # skipped by the dense engine as well

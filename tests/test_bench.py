@@ -47,7 +47,9 @@ def test_plan_kinds_decide_which_methods_need_a_warm_up():
     assert kinds("faststar:paper") == {"dense", "pruned"}
     assert kinds("fastvar:hart") == {"dense", "pruned"}
     assert kinds("stagevar:cfg0") == {"dense", "single-branch"}
-    assert kinds("faststar:paper+single_branch_last=2") == {"dense", "single-branch", "pruned+single-branch"}
+    assert kinds("faststar:paper+single_branch_last=2") == {"dense", "pruned", "single-branch",
+                                                             "pruned+single-branch"}
+    assert kinds("faststar:paper+last_k=2+single_branch_last=2") == {"dense", "single-branch", "pruned+single-branch"}
     assert kinds("faststar:balanced") == {"dense", "single-branch", "pruned+single-branch"}
 
 

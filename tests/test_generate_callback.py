@@ -70,3 +70,13 @@ def test_progress_is_a_callback_and_observers_watch_without_changing(tiny):
     assert record["step003.layer0.out"].shape[0] == sched.steps[3].scale.num_tokens
     assert "step004.layer0.out" not in record and "text.layer0.out" in record
     assert all(r["time_s"] >= 0 for r in out.stats)
+
+
+def test_the_pipeline_passes_the_callback_and_decodes_what_was_made():
+    from test_pipeline import tiny_pipe
+    pipe = tiny_pipe()
+    full = pipe("a red ball", seed=3, progress=False)
+    seen = []
+    out = pipe("a red ball", seed=3, progress=True, callback=lambda info: seen.append(info.step) or info.step == 3)
+    assert out.stopped_at == 3 and seen == [0, 1, 2, 3] and full.stopped_at is None
+    assert out.frames is not None and out.latent.shape == (1, 64, 1, 4, 6)       # clip 0 only, so far

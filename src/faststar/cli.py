@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--accel", default=None,
                    help="dense, faststar, fastvar, stagevar, skip, random; or a method string as in eval, "
                         "e.g. faststar:quality+anchors=0")
-    g.add_argument("--preset", default=None, help="accelerator preset, e.g. quality, balanced, fast-hq, fast")
+    g.add_argument("--preset", default=None, help="accelerator preset, e.g. quality, balanced, fast-hq, fast, paper")
     g.add_argument("--save-masks", action="store_true", help="also write a video of the pruning masks")
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(fn=_cmd_generate)

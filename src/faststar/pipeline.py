@@ -42,6 +42,7 @@ class VideoOutput:
     masks: list = field(default_factory=list)
     accelerator: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
+    stopped_at: int | None = None           # the step after which ``callback`` stopped the loop (None: ran out)
 
 
 @dataclass
@@ -376,7 +377,7 @@ class FastStarPipeline:
     def __call__(self, prompt: str, *, image=None, video=None, duration: int | None = None,
                  resolution: str | None = None, seed: int = 0, guidance: GuidanceConfig | None = None,
                  negative_prompt: str | None = None, decode: bool = True, progress: bool = True,
-                 accelerator="pipe") -> VideoOutput:
+                 accelerator="pipe", callback=None) -> VideoOutput:
         t_all = time.perf_counter()
         # 1. inputs and schedule
         if not isinstance(prompt, str) or not prompt.strip():
@@ -410,14 +411,15 @@ class FastStarPipeline:
             from tqdm.auto import tqdm
             bar = tqdm(total=schedule.num_steps, desc="generate", unit="step", leave=False)
 
-            def prog(st, sch):
-                bar.set_postfix_str(f"clip {st.scale.clip} scale {st.scale.index_in_clip} {st.scale.thw}")
+        def step_callback(info):           # the progress bar, then the caller's callback (True stops the loop)
+            if bar is not None:
+                bar.set_postfix_str(f"clip {info.clip} scale {info.scale} {schedule.steps[info.step].scale.thw}")
                 bar.update(1)
-        else:
-            prog = None
+            return callback(info) if callback is not None else None
         try:
             out: GenerationOutput = generate(self.transformer, schedule, text, seed=seed, guidance=guidance,
-                                             uncond_LC=uncond, teacher_bits=teacher, accelerator=acc, progress=prog)
+                                             uncond_LC=uncond, teacher_bits=teacher, accelerator=acc,
+                                             callback=step_callback)
         except torch.cuda.OutOfMemoryError as e:
             raise RuntimeError("CUDA out of memory during generation. Try resolution='480p', close other GPU "
                                "programs, or enable an accelerator (faststar.apply(pipe, 'faststar', 'fast')) "
@@ -437,7 +439,7 @@ class FastStarPipeline:
                            schedule=schedule.name, timings=timings, stats=out.stats,
                            masks=[None if m is None else m.cpu() for m in out.masks],
                            accelerator=acc.describe() if acc is not None else {"method": "dense"},
-                           summary=out.summary())
+                           summary=out.summary(), stopped_at=out.stopped_at)
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor) -> np.ndarray:

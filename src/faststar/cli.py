@@ -123,7 +123,8 @@ def _cmd_demo(a) -> int:
 
 def _cmd_eval(a) -> int:
     from .eval import main_eval
-    return main_eval(a)
+    return main_eval(out=a.out, methods=a.methods, prompts=a.prompts, seeds=a.seeds, quick=a.quick, merge=a.merge,
+                     model_dir=a.model_dir, device=a.device, text_encoder=a.text_encoder)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -399,30 +399,29 @@ def plot_latency(res: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main_eval(a) -> int:
-    if a.merge:
-        res = merge_results([load_results(f) for f in a.merge])
-        write_results(res, Path(a.out))
+def main_eval(*, out: str = "out/eval", methods: str | None = None, prompts: str | None = None, seeds: str = "0,1",
+              quick: bool = False, merge: list | None = None, model_dir: str | None = None, device: str = "auto",
+              text_encoder: str | None = None) -> int:
+    """``faststar eval``: the arguments as the CLI spells them (comma lists as strings)."""
+    if merge:
+        res = merge_results([load_results(f) for f in merge])
+        write_results(res, Path(out))
         print(results_markdown(res))
-        print(f"merged {len(a.merge)} runs into {a.out}/results.json, results.md, pareto.png, latency.png")
+        print(f"merged {len(merge)} runs into {out}/results.json, results.md, pareto.png, latency.png")
         return 0
     from .accel import check_method_specs
     from .pipeline import FastStarPipeline
-    prompts = load_prompts(a.prompts)
+    items = load_prompts(prompts)
     try:
-        seeds = [int(s) for s in a.seeds.split(",")]
+        seed_list = [int(s) for s in seeds.split(",")]
     except ValueError:
-        raise ValueError(f"--seeds must be a comma list of integers, got {a.seeds!r}") from None
-    if a.methods:
-        methods = a.methods.split(",")
-    else:
-        methods = QUICK_METHODS if a.quick else STANDARD_METHODS
-    methods = check_method_specs(methods)          # before the model loads
-    pipe = FastStarPipeline.from_pretrained(a.model_dir, device=a.device, text_encoder=a.text_encoder)
-    if a.quick:
-        prompts = prompts[:2]
-        seeds = seeds[:1]
-    res = run_eval(pipe, a.out, methods, prompts, seeds)
+        raise ValueError(f"--seeds must be a comma list of integers, got {seeds!r}") from None
+    method_list = check_method_specs(methods.split(",") if methods else
+                                     QUICK_METHODS if quick else STANDARD_METHODS)   # before the model loads
+    pipe = FastStarPipeline.from_pretrained(model_dir, device=device, text_encoder=text_encoder)
+    if quick:
+        items, seed_list = items[:2], seed_list[:1]
+    res = run_eval(pipe, out, method_list, items, seed_list)
     print(results_markdown(res))
-    print(f"wrote {a.out}/results.json, results.md, pareto.png, latency.png")
+    print(f"wrote {out}/results.json, results.md, pareto.png, latency.png")
     return 0

@@ -120,3 +120,21 @@ def test_random_presets_are_faststar_ratios_with_a_uniform_draw():
         assert not set(knobs) & set(SELECTION_SPREAD), p
         assert {k: v for k, v in PRESETS["faststar"][p].items() if k not in SELECTION_SPREAD} == knobs, p
         assert flop_plan("random", p, sched)["saved"] == pytest.approx(flop_plan("faststar", p, sched)["saved"]), p
+
+
+def test_records_from_before_the_split_rebuild_where_they_use_no_removed_knob():
+    old = dict(method="faststar", preset="guided-balanced", keep_ratios=[0.0, 0.4, 1.0], mode="ratio", threshold=1.0,
+               floor=0.1, cap=0.9, last_k=None, prune_clip0=False, spatial="canvas", temporal="off", w_sp=1.0,
+               w_tm=1.0, w_detail=0.0, norm="rank", update="restore", probe_layer=2, eps=1e-6,
+               dense_ref_steps=False, single_branch_last=0, single_branch_clip0=-1, reuse_guidance=False, block=0,
+               anchors=0.0, max_reps=0, skipped="zero", skipped_reps="zero", keep_reps="first", rep_keep=0.0,
+               proportional=False, seed_offset=0)
+    acc = accelerator_from_record(old)
+    assert acc.cfg.keep_ratios == (0.0, 0.4, 1.0) and acc.cfg.w_tm == 0.0 and acc.cfg.update == "restore"
+    rnd = accelerator_from_record({**old, "method": "random", "spatial": "off", "temporal": "off", "seed_offset": 2})
+    assert isinstance(rnd, RandomPrune) and rnd.cfg.seed_offset == 2
+    with pytest.raises(ValueError, match="mode='threshold', a knob that left the package"):
+        accelerator_from_record({**old, "mode": "threshold"})
+    sv = accelerator_from_record(dict(method="stagevar", single_branch_last=3, low_rank_last=1, rank_ratio=0.1,
+                                      sampling="norm", clip0=False, resize="area", seed_offset=0))
+    assert (sv.guidance.last, sv.guidance.clip0, sv.cfg.clip0) == (3, 0, False)

@@ -124,12 +124,47 @@ def _record_knobs(record: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in record.items() if k not in ("method", "preset")}
 
 
+# knobs that left FastSTAR (issue 25; git history before it has them), at the value that meant "off": a results
+# file written before then still rebuilds when it did not use them
+REMOVED_KNOBS = dict(mode="ratio", threshold=1.0, floor=0.1, cap=0.9, prune_clip0=False, spatial="canvas",
+                     temporal="prev_frame", norm="rank", probe_layer=2, eps=1e-6, dense_ref_steps=False,
+                     reuse_guidance=False, skipped="zero", skipped_reps="zero",
+                     keep_reps="first", rep_keep=0.0, proportional=False)
+
+
+def _legacy_knobs(method: str, knobs: dict) -> dict:
+    """A record written before issue 25 in today's knobs; a removed knob in use is an error naming it."""
+    knobs = dict(knobs)
+    if method == "stagevar" and "clip0" in knobs and "single_branch_clip0" not in knobs:
+        knobs["single_branch_clip0"] = -1 if knobs["clip0"] else 0     # clip0 once covered the guidance too
+    if method not in ("faststar", "random"):
+        return knobs
+    if method == "faststar":
+        if knobs.pop("seed_offset", 0) != 0:
+            raise ValueError("this faststar record sets seed_offset, which only the random control reads")
+        for k, w in (("spatial", "w_sp"), ("temporal", "w_tm")):
+            if knobs.get(k) == "off":                                  # a term turned off = its weight 0
+                knobs.pop(k)
+                knobs[w] = 0.0
+    for k, off in REMOVED_KNOBS.items():
+        if k not in knobs:
+            continue
+        v = knobs.pop(k)
+        if method == "random" and k in ("spatial", "temporal", "norm", "probe_layer", "eps"):
+            continue                                                   # the control never read them
+        if v != off:
+            raise ValueError(f"this {method} record uses {k}={v!r}, a knob that left the package (issue 25); "
+                             f"rebuild it from git history before that change")
+    return knobs
+
+
 def accelerator_from_record(record: dict | None) -> Accelerator | None:
     """Rebuild an accelerator from its ``describe()`` record (what results files store), independent of what the
-    preset names mean today. None or a dense record gives None."""
+    preset names mean today; records from before issue 25 too, where they use no removed knob. None or a dense
+    record gives None."""
     if not record or record.get("method") in (None, "dense"):
         return None
-    acc = make_accelerator(record["method"], None, **_record_knobs(record))
+    acc = make_accelerator(record["method"], None, **_legacy_knobs(record["method"], _record_knobs(record)))
     acc.preset = record.get("preset")
     return acc
 

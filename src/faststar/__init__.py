@@ -17,9 +17,12 @@ def __getattr__(name):
     if name == "generate":
         from .generate import generate
         return generate
+    if name == "StepInfo":
+        from .generate import StepInfo
+        return StepInfo
     raise AttributeError(f"module 'faststar' has no attribute {name!r}")
 
 
 __all__ = ["TransformerConfig", "transformer_config", "STARTransformer", "build_transformer", "Schedule",
            "build_schedule", "official_schedule", "schedule_flops", "FastStarPipeline", "Pipeline", "VideoOutput",
-           "apply", "remove", "make_accelerator", "generate"]
+           "apply", "remove", "make_accelerator", "generate", "StepInfo"]

@@ -209,7 +209,8 @@ class StageVARConfig:
         that a later clip attends to never takes this path (its K/V is the next clip's context).
     rank_ratio: r / N of the stand-in.
     sampling: "norm" (leverage-style) or "uniform".
-    clip0: the stand-in on clip 0 as well.
+    clip0: the stand-in on clip 0 as well; in a method string it sets single-branch guidance on clip 0 alike
+        (``single_branch_clip0``) unless that is given.
     resize: resize mode of the restored hidden states ("area" as the original).
     seed_offset: varies the stand-in's own random stream.
     """

@@ -89,6 +89,8 @@ def make_accelerator(method: str | Accelerator, preset: str | None = None, **ove
     else:
         name = preset if preset is not None else DEFAULT_PRESET[method]
         params = {**preset_params(method, name), **overrides}
+    if method == "stagevar" and "clip0" in overrides and "single_branch_clip0" not in overrides:
+        params["single_branch_clip0"] = -1 if overrides["clip0"] else 0    # StageVAR's clip0 covers its guidance
     policy = {k: params.pop(k) for k in GUIDANCE_KNOBS if k in params}
     guidance = LateSingleBranch(policy.get("single_branch_last", 0), policy.get("single_branch_clip0", -1)) \
         if policy else TWO_BRANCHES
@@ -135,8 +137,6 @@ REMOVED_KNOBS = dict(mode="ratio", threshold=1.0, floor=0.1, cap=0.9, prune_clip
 def _legacy_knobs(method: str, knobs: dict) -> dict:
     """A record written before issue 25 in today's knobs; a removed knob in use is an error naming it."""
     knobs = dict(knobs)
-    if method == "stagevar" and "clip0" in knobs and "single_branch_clip0" not in knobs:
-        knobs["single_branch_clip0"] = -1 if knobs["clip0"] else 0     # clip0 once covered the guidance too
     if method not in ("faststar", "random"):
         return knobs
     if method == "faststar":

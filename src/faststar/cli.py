@@ -54,8 +54,40 @@ def _accelerator(a):
         raise ValueError(str(e)) from None
 
 
+def _cmd_generate_batch(a) -> int:
+    """``--prompts FILE --out-dir DIR``: faststar.batch does the work (checks every line before loading)."""
+    from .batch import run_batch
+    if a.prompt or a.image or a.video:
+        print("error: --prompts takes the prompts (and images) from its file; drop --prompt/--image/--video",
+              file=sys.stderr)
+        return 2
+    if not a.out_dir:
+        print("error: --prompts needs --out-dir", file=sys.stderr)
+        return 2
+
+    def load(device):
+        from .pipeline import FastStarPipeline
+        return FastStarPipeline.from_pretrained(a.model_dir, resolution=a.resolution or "720p", device=device,
+                                                dtype=a.dtype, attention=a.attention, text_encoder=a.text_encoder)
+    try:
+        r = run_batch(a.prompts, a.out_dir, load_pipe=load, device=a.device, progress=not a.quiet,
+                      generate_kwargs=dict(duration=a.duration, resolution=a.resolution))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if r["rank"] == 0:
+        print(f"batch {a.prompts}: {r['jobs']} jobs over {r['world']} rank(s): {r['done']} generated, "
+              f"{r['skipped']} already there, in {a.out_dir}")
+    return 0
+
+
 def _cmd_generate(a) -> int:
     from . import accel
+    if a.prompts:
+        return _cmd_generate_batch(a)
+    if not a.prompt:
+        print("error: give --prompt (one video) or --prompts FILE --out-dir DIR (a batch)", file=sys.stderr)
+        return 2
     from .io import check_video_path, write_video
     try:                # a bad output path or accelerator fails now, not after loading and generating
         check_video_path(a.output)
@@ -132,7 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     g = sub.add_parser("generate", help="generate a video (text-to-video, image-to-video, continuation)")
-    g.add_argument("--prompt", required=True)
+    g.add_argument("--prompt", default=None)
+    g.add_argument("--prompts", default=None,
+                   help="batch: a JSONL file, one {prompt, image?, seed?, method?} a line (resumable; under "
+                        "torchrun each rank takes every N-th line)")
+    g.add_argument("--out-dir", default=None, help="batch: the folder of the outputs (00000.mp4 + .json, ...)")
     g.add_argument("--model-dir", default=None, help="model folder (default: the embedded testbed model)")
     g.add_argument("--image", default=None, help="image-to-video: the first frame")
     g.add_argument("--video", default=None, help="video continuation: the first 5 s (official 480p, duration 10)")

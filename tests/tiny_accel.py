@@ -10,13 +10,19 @@ from faststar.generate import generate
 SEED = 3
 
 
-@pytest.fixture(scope="module")
-def tiny():
+def tiny_model():
+    """(model, schedule, text) of the fixture, without the dense run."""
     torch.manual_seed(0)
     model = build_transformer("golden-tiny").eval()
     sched = build_schedule([(1, 1), (2, 2), (3, 4), (4, 6), (6, 8)], [1, 3, 3], image_reps=[1] * 5,
                            video_reps=[2, 1, 1, 2, 1], semantic_scales=3, name="accel-tiny")
     text = torch.randn(7, 32, generator=torch.Generator().manual_seed(1))
+    return model, sched, text
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, sched, text = tiny_model()
     dense = generate(model, sched, text, seed=SEED)
     return model, sched, text, dense
 

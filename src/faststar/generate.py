@@ -164,7 +164,7 @@ def generate(model: STARTransformer, schedule: Schedule, text_LC: torch.Tensor, 
              teacher_bits: dict[int, torch.Tensor] | None = None, accelerator: Accelerator | None = None,
              skip_unread_forwards: bool = True, callback: Callable[[StepInfo], bool | None] | None = None,
              observers=(), record: dict | None = None, record_layers: set | None = None,
-             progress: Callable | None = None, time_steps: bool = False) -> GenerationOutput:
+             progress: Callable | None = None, time_steps: bool = False, parallel=None) -> GenerationOutput:
     """Generate the summed codes of one video.
 
     text_LC: prompt embedding [L, text_channels] (valid tokens). teacher_bits: step index -> uint8 [t, h, w, d].
@@ -172,8 +172,10 @@ def generate(model: STARTransformer, schedule: Schedule, text_LC: torch.Tensor, 
     callback: called with a ``StepInfo`` after every step; returning True stops the loop after that step
     (``stopped_at``). observers: ``StepObserver``s. Shorthands for observers: record (a dict that receives the
     golden-format tensors, layer outputs for the steps in record_layers), progress (callable(step, schedule) per
-    step), time_steps (per-step device time in the stats, for benchmarks).
+    step), time_steps (per-step device time in the stats, for benchmarks). parallel: None (one process) or
+    ``"cfg"`` (guidance-parallel over 2 torchrun ranks, ``faststar.parallel``): every rank returns the same output.
     """
+    from .parallel import make_parallel
     observers = list(observers)
     if record is not None:
         observers.append(GoldenRecorder(record, record_layers))
@@ -181,7 +183,8 @@ def generate(model: STARTransformer, schedule: Schedule, text_LC: torch.Tensor, 
         observers.append(StepTimer(model.device))
     callbacks = [c for c in (callback, progress and _progress_callback(progress, schedule)) if c is not None]
     loop = _Loop(model, schedule, seed=seed, guidance=guidance, accelerator=accelerator or Accelerator(),
-                 teacher_bits=teacher_bits or {}, skip_unread=skip_unread_forwards, observers=observers)
+                 teacher_bits=teacher_bits or {}, skip_unread=skip_unread_forwards, observers=observers,
+                 parallel=make_parallel(parallel, model.device))
     text_time = loop.text_pass(text_LC, uncond_LC)
     t_start = time.perf_counter()
     stopped_at = None
@@ -202,12 +205,16 @@ def generate(model: STARTransformer, schedule: Schedule, text_LC: torch.Tensor, 
 class _Loop:
     """The state of one generation and its parts: text pass, one step (plan, forward, codes, canvas, stats)."""
 
-    def __init__(self, model, schedule, *, seed, guidance, accelerator, teacher_bits, skip_unread, observers):
+    def __init__(self, model, schedule, *, seed, guidance, accelerator, teacher_bits, skip_unread, observers,
+                 parallel=None):
         self.model, self.schedule, self.seed, self.guidance = model, schedule, seed, guidance
         self.acc, self.teacher, self.observers = accelerator, teacher_bits, observers
         self.skip_unread = skip_unread and not any(o.every_forward for o in observers)
         self.dev = model.device
         self.batch = 2 if guidance.needs_uncond else 1
+        self.par = parallel                    # None, or a layout that splits the branches over ranks
+        if self.par is not None:
+            self.par.check(self.batch)
         self.acc.setup(model.cfg)
         self.acc.reset(schedule, seed)
         self.clip_canvases, self.bits, self.masks, self.stats = [], [], [], []
@@ -221,13 +228,14 @@ class _Loop:
         """The prefix tokens run through all blocks once; their K/V become the cache's text prefix."""
         m, cfg = self.model, self.model.cfg
         self.L = text_LC.shape[0]
-        self.cache = m.new_cache(self.schedule.max_kv_len(self.L), batch=self.batch)
+        rows = self.batch if self.par is None else self.par.cache_rows(self.batch)
+        self.cache = m.new_cache(self.schedule.max_kv_len(self.L), batch=rows)
         t0 = time.perf_counter()
         prefix = m.text_prefix(text_LC.to(self.dev), None if uncond_LC is None else uncond_LC.to(self.dev),
                                batch=self.batch)
         cos, sin = rope_cos_sin(text_positions(self.L), cfg.head_dim, cfg.rope_theta, device=self.dev)
         layers = [] if any(o.every_forward for o in self.observers) else None
-        m.forward_blocks(prefix, cos, sin, self.cache, layer_outputs=layers)
+        self._blocks(prefix, cos, sin, layer_outputs=layers)
         self.cache.commit_text()
         for o in self.observers:
             o.on_text(prefix, layers)
@@ -296,20 +304,23 @@ class _Loop:
         layer_outs = [] if any(st.index in o.layer_steps for o in self.observers) else None
         keep, fill = plan.keep_idx, plan.fill
         if plan.prune_layer > 0 and plan.select_at_prune_layer is not None:
-            h = m.forward_blocks(tokens[None].expand(branches, -1, -1), cos, sin, self.cache,
-                                 layer_outputs=layer_outs, layers=range(plan.prune_layer))
+            h = self._blocks(tokens[None].expand(branches, -1, -1), cos, sin,
+                             layer_outputs=layer_outs, layers=range(plan.prune_layer))
             keep, fill = plan.select_at_prune_layer(h, ctx)
             if keep is not None:
                 h, cos, sin = h[:, keep], cos[keep], sin[keep]
-            h = m.forward_blocks(h, cos, sin, self.cache, layer_outputs=layer_outs,
-                                 layers=range(plan.prune_layer, cfg.depth))
+            h = self._blocks(h, cos, sin, layer_outputs=layer_outs,
+                             layers=range(plan.prune_layer, cfg.depth))
         else:
             x = tokens
             if keep is not None:
                 x, cos, sin = x[keep], cos[keep], sin[keep]
-            h = m.forward_blocks(x[None].expand(branches, -1, -1), cos, sin, self.cache, layer_outputs=layer_outs)
+            h = self._blocks(x[None].expand(branches, -1, -1), cos, sin, layer_outputs=layer_outs)
         if is_ref:
-            self.cache.commit_ref(branches)
+            if self.par is None:
+                self.cache.commit_ref(branches)
+            else:
+                self.par.commit_ref(self.cache, branches)
         ran = keep
         if fill is not None and keep is not None:
             h = restore_hidden(h, keep, fill, plan.copy_from)   # all positions get hidden states, logits and codes
@@ -324,6 +335,13 @@ class _Loop:
         for o in self.observers:
             o.on_forward(st, tokens, logits, guided, pos, layer_outs)
         return h, ran, keep, sampled
+
+    def _blocks(self, x, cos, sin, **kw):
+        """The blocks on x [B, N, C]; a parallel layout runs the rank's rows and exchanges the outputs so every
+        rank returns what one process would."""
+        if self.par is None:
+            return self.model.forward_blocks(x, cos, sin, self.cache, **kw)
+        return self.par.forward_blocks(self.model, x, cos, sin, self.cache, **kw)
 
     def _codes(self, st: Step, plan: StepPlan, forced, sampled, keep, ran):
         """The step's code grid [1, d, t, h, w] (teacher-forced, sampled with zeros at pruned positions, or

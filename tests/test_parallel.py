@@ -1,0 +1,73 @@
+"""Guidance-parallel generation (faststar.parallel, parallel='cfg'): the two guidance branches on two torchrun
+ranks (gloo on the CPU) make the same video as one process, bit for bit (bits, masks and latent; both at one
+thread: torchrun's ranks run single-threaded, so the reference does too), dense, under FastSTAR presets (pruned
+steps, single-branch late scales: rank 1 idles there) and a two-phase baseline (scores at a prune layer)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from faststar.accel import make_accelerator
+from faststar.generate import generate
+from faststar.parallel import make_parallel
+from tiny_accel import SEED, tiny, tiny_model  # noqa: F401
+
+TESTS = Path(__file__).resolve().parent
+SRC = str(TESTS.parent / "src")
+METHODS = ["dense", "faststar:balanced", "faststar:fast", "fastvar:balanced", "stagevar:original", "stagevar:cfg0"]
+
+
+def _torchrun(args, n=2):
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([SRC, str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
+                           *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_cfg_on_two_ranks_is_bit_identical_to_one_process(tmp_path):
+    r = _torchrun([str(TESTS / "parallel_worker.py"), str(tmp_path), *METHODS])
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    got = [load_file(str(tmp_path / f"rank{k}.safetensors")) for k in (0, 1)]
+    assert got[0].keys() == got[1].keys()
+    for k in got[0]:
+        assert torch.equal(got[0][k], got[1][k]), k              # both ranks hold the same video
+    model, sched, text = tiny_model()
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for method in METHODS:
+            acc = None if method == "dense" else make_accelerator(method)
+            ref = generate(model, sched, text, seed=SEED, accelerator=acc)
+            assert torch.equal(got[0][f"{method}.latent"], ref.latent), method
+            for i, (b, m) in enumerate(zip(ref.bits, ref.masks)):
+                assert (b is None) == (f"{method}.bits{i:03d}" not in got[0]), (method, i)
+                if b is not None:
+                    assert torch.equal(got[0][f"{method}.bits{i:03d}"], b), (method, i)
+                if m is not None:
+                    assert torch.equal(got[0][f"{method}.mask{i:03d}"], m), (method, i)
+            if method != "dense":
+                assert any(m is not None and not m.all() for m in ref.masks) or method.startswith("stagevar")
+            if method.startswith(("faststar", "stagevar")):
+                assert any(row["branches"] == 1 for row in ref.stats), method     # single-branch steps ran
+    finally:
+        torch.set_num_threads(n)
+
+
+def test_the_layout_must_fit_the_world_size(tiny):
+    model, sched, text, _ = tiny
+    with pytest.raises(ValueError, match="world size is 1: launch with torchrun --nproc-per-node 2"):
+        generate(model, sched, text, seed=SEED, parallel="cfg")
+    with pytest.raises(ValueError, match="sequence parallelism is not built yet"):
+        make_parallel("sp")
+    with pytest.raises(ValueError, match="unknown parallel layout 'tp'"):
+        make_parallel("tp")
+
+
+def test_three_ranks_are_refused_with_one_line(tmp_path):
+    r = _torchrun([str(TESTS / "parallel_worker.py"), str(tmp_path), "dense"], n=3)
+    assert r.returncode != 0
+    assert "parallel='cfg' puts the two guidance branches on 2 ranks, but the world size is 3" in r.stderr

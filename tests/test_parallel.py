@@ -71,3 +71,29 @@ def test_three_ranks_are_refused_with_one_line(tmp_path):
     r = _torchrun([str(TESTS / "parallel_worker.py"), str(tmp_path), "dense"], n=3)
     assert r.returncode != 0
     assert "parallel='cfg' puts the two guidance branches on 2 ranks, but the world size is 3" in r.stderr
+
+
+def test_cli_parallel_cfg_writes_the_one_process_video(tmp_path, capsys):
+    from faststar.cli import main as cli_main
+    from faststar.io import read_video
+    from test_pipeline import tiny_pipe
+    folder = tiny_pipe().save_pretrained(tmp_path / "model")
+    args = ["generate", "--model-dir", str(folder), "--prompt", "a red ball", "--seed", "2", "--device", "cpu",
+            "--accel", "faststar", "--preset", "balanced", "--quiet"]
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert cli_main(args + ["-o", str(tmp_path / "one.mp4")]) == 0
+    finally:
+        torch.set_num_threads(n)
+    r = _torchrun(["-m", "faststar.cli", *args, "--parallel", "cfg", "-o", str(tmp_path / "two.mp4")])
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.count("wrote ") == 1                              # rank 0 writes, rank 1 does not
+    assert (read_video(tmp_path / "one.mp4") == read_video(tmp_path / "two.mp4")).all()
+    capsys.readouterr()
+    assert cli_main(args + ["--parallel", "cfg", "-o", str(tmp_path / "x.mp4")]) == 2   # one process: refused
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--parallel: parallel='cfg'" in err and "world size is 1" in err
+    assert cli_main(args + ["--parallel", "sp", "-o", str(tmp_path / "x.mp4")]) == 2
+    assert "not built yet" in capsys.readouterr().err
+    assert not (tmp_path / "x.mp4").exists()

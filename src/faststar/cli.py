@@ -31,9 +31,9 @@ def _cmd_check_reference(a) -> int:
     return 1 if worst_fail else 0
 
 
-def _load_pipe(a):
+def _load_pipe(a, device=None):
     from .pipeline import FastStarPipeline
-    return FastStarPipeline.from_pretrained(a.model_dir, resolution=a.resolution or "720p", device=a.device,
+    return FastStarPipeline.from_pretrained(a.model_dir, resolution=a.resolution or "720p", device=device or a.device,
                                             dtype=a.dtype, attention=a.attention, text_encoder=a.text_encoder)
 
 
@@ -57,6 +57,10 @@ def _accelerator(a):
 def _cmd_generate_batch(a) -> int:
     """``--prompts FILE --out-dir DIR``: faststar.batch does the work (checks every line before loading)."""
     from .batch import run_batch
+    if getattr(a, "parallel", None):
+        print("error: --parallel splits one video; a batch (--prompts) splits its lines over the ranks instead",
+              file=sys.stderr)
+        return 2
     if a.prompt or a.image or a.video:
         print("error: --prompts takes the prompts (and images) from its file; drop --prompt/--image/--video",
               file=sys.stderr)
@@ -88,6 +92,17 @@ def _cmd_generate(a) -> int:
     if not a.prompt:
         print("error: give --prompt (one video) or --prompts FILE --out-dir DIR (a batch)", file=sys.stderr)
         return 2
+    par = device = None
+    if getattr(a, "parallel", None):    # torchrun's ranks: the layout is checked against the world size first
+        from .batch import dist_env, rank_device
+        from .parallel import make_parallel
+        rank, _, local_rank = dist_env()
+        device = rank_device(a.device, local_rank)
+        try:
+            par = make_parallel(a.parallel, device)
+        except ValueError as e:
+            print(f"error: --parallel: {e}", file=sys.stderr)
+            return 2
     from .io import check_video_path, write_video
     try:                # a bad output path or accelerator fails now, not after loading and generating
         check_video_path(a.output)
@@ -100,7 +115,7 @@ def _cmd_generate(a) -> int:
         print(f"error: --accel: {e}", file=sys.stderr)
         return 2
     try:
-        pipe = _load_pipe(a)
+        pipe = _load_pipe(a, device)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: cannot load the model: {e}", file=sys.stderr)
         return 2
@@ -108,10 +123,12 @@ def _cmd_generate(a) -> int:
         accel.apply(pipe, acc)
     try:
         out = pipe(a.prompt, image=a.image, video=a.video, duration=a.duration, resolution=a.resolution,
-                   seed=a.seed, progress=not a.quiet)
+                   seed=a.seed, progress=not a.quiet, parallel=par)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if par is not None and par.rank != 0:
+        return 0                        # every rank holds the video; rank 0 writes it
     path = Path(a.output)
     write_video(path, out.frames, fps=out.fps)
     if a.save_masks:
@@ -186,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "e.g. faststar:quality+anchors=0")
     g.add_argument("--preset", default=None, help="accelerator preset, e.g. quality, balanced, fast-hq, fast, paper")
     g.add_argument("--save-masks", action="store_true", help="also write a video of the pruning masks")
+    g.add_argument("--parallel", default=None,
+                   help="split one video over torchrun ranks: cfg = the two guidance branches on 2 ranks")
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(fn=_cmd_generate)
 

@@ -377,7 +377,9 @@ class FastStarPipeline:
     def __call__(self, prompt: str, *, image=None, video=None, duration: int | None = None,
                  resolution: str | None = None, seed: int = 0, guidance: GuidanceConfig | None = None,
                  negative_prompt: str | None = None, decode: bool = True, progress: bool = True,
-                 accelerator="pipe", callback=None) -> VideoOutput:
+                 accelerator="pipe", callback=None, parallel=None) -> VideoOutput:
+        """``parallel``: None, or ``"cfg"`` under ``torchrun --nproc-per-node 2`` (the guidance branches on two
+        ranks, ``faststar.parallel``; every rank returns the same video)."""
         t_all = time.perf_counter()
         # 1. inputs and schedule
         if not isinstance(prompt, str) or not prompt.strip():
@@ -419,7 +421,7 @@ class FastStarPipeline:
         try:
             out: GenerationOutput = generate(self.transformer, schedule, text, seed=seed, guidance=guidance,
                                              uncond_LC=uncond, teacher_bits=teacher, accelerator=acc,
-                                             callback=step_callback)
+                                             callback=step_callback, parallel=parallel)
         except torch.cuda.OutOfMemoryError as e:
             raise RuntimeError("CUDA out of memory during generation. Try resolution='480p', close other GPU "
                                "programs, or enable an accelerator (faststar.apply(pipe, 'faststar', 'fast')) "

@@ -29,6 +29,7 @@ class GenerationOutput:
     stats: list = field(default_factory=list)  # per step accounting
     text_time_s: float = 0.0
     total_time_s: float = 0.0
+    stopped_at: int | None = None               # step index after which a callback stopped the loop, else None
 
     def summary(self) -> dict:
         dense = sum(s["flops_dense"] for s in self.stats)
@@ -37,6 +38,23 @@ class GenerationOutput:
                     tokens_run=sum(s["tokens_run"] * s["branches"] for s in self.stats),
                     flops_dense=dense, flops=run, flop_speedup=dense / max(run, 1.0),
                     transformer_time_s=self.total_time_s)
+
+
+@dataclass
+class StepInfo:
+    """What ``generate(..., callback=fn)`` hands the callback after every step (``fn`` returns True to stop)."""
+    step: int                       # index in schedule.steps
+    num_steps: int
+    clip: int
+    num_clips: int
+    scale: int                      # index of the scale within its clip
+    num_scales: int                 # scales in this clip
+    rep: int
+    canvas: torch.Tensor            # this clip's canvas after the step [1, 64, t, H, W] (read-only)
+    clip_canvases: list             # the finished clips' final canvases
+    elapsed_s: float                # since the loop began
+    tokens: int
+    tokens_run: int
 
 
 def _key_weight(plan: StepPlan, keep: torch.Tensor | None, n: int) -> float:
@@ -56,7 +74,7 @@ def generate(model: STARTransformer, schedule: Schedule, text_LC: torch.Tensor, 
              guidance: GuidanceConfig = GuidanceConfig(), uncond_LC: torch.Tensor | None = None,
              teacher_bits: dict[int, torch.Tensor] | None = None, accelerator: Accelerator | None = None,
              skip_unread_forwards: bool = True, record: dict | None = None, record_layers: set | None = None,
-             progress=None, time_steps: bool = False) -> GenerationOutput:
+             progress=None, time_steps: bool = False, callback=None) -> GenerationOutput:
     """Generate the summed codes of one video.
 
     text_LC: prompt embedding [L, text_channels] (valid tokens). teacher_bits: step index -> uint8 [t, h, w, d].
@@ -64,6 +82,8 @@ def generate(model: STARTransformer, schedule: Schedule, text_LC: torch.Tensor, 
     record: optional dict that receives the golden-format tensors of every step (input_embeds, logits_*, canvas,
     rope_pos, layer outputs for steps in record_layers). progress: optional callable(step, schedule) per step.
     time_steps: per-step device time with CUDA events (or a synchronized host clock on CPU), for benchmarks.
+    callback: optional callable(StepInfo) after every step; when it returns True the loop stops after that step and
+    the output's latent holds the finished clips plus the current clip's canvas so far (``stopped_at`` = the step).
     """
     cfg = model.cfg
     dev = model.device
@@ -99,6 +119,7 @@ def generate(model: STARTransformer, schedule: Schedule, text_LC: torch.Tensor, 
     nan_flags = []
     t_start = time.perf_counter()
     events = []
+    stopped_at = None
     use_events = time_steps and dev.type == "cuda"
     for st in schedule.steps:
         s = st.scale
@@ -242,6 +263,16 @@ def generate(model: STARTransformer, schedule: Schedule, text_LC: torch.Tensor, 
                           flops_dense=0.0 if unread else lin_d + att_d, time_s=time.perf_counter() - ts, **plan.info))
         if progress is not None:
             progress(st, schedule)
+        if callback is not None:
+            info = StepInfo(step=st.index, num_steps=schedule.num_steps, clip=s.clip, num_clips=schedule.num_clips,
+                            scale=s.index_in_clip, num_scales=len(schedule.clip_scales(s.clip)),
+                            rep=st.rep, canvas=canvas, clip_canvases=list(canvases),
+                            elapsed_s=time.perf_counter() - t_start, tokens=N, tokens_run=n_run)
+            if callback(info):
+                stopped_at = st.index
+                if not schedule.is_last_of_clip(st):
+                    canvases.append(canvas)           # the current clip as far as it got
+                break
     for k, flag in nan_flags:
         if bool(flag):
             raise FloatingPointError(f"NaN in the guided logits of step {k}: check the weights and the dtype")
@@ -249,4 +280,5 @@ def generate(model: STARTransformer, schedule: Schedule, text_LC: torch.Tensor, 
     for i, e0, e1 in events:
         stats[i]["time_s"] = e0.elapsed_time(e1) / 1000.0
     return GenerationOutput(latent=torch.cat(canvases, dim=2), bits=bits_out, masks=masks, stats=stats,
-                            text_time_s=text_time, total_time_s=time.perf_counter() - t_start + text_time)
+                            text_time_s=text_time, total_time_s=time.perf_counter() - t_start + text_time,
+                            stopped_at=stopped_at)

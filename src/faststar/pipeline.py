@@ -23,7 +23,7 @@ from .checkpoint import CheckpointError, TensorSource, load_checkpoint, load_tra
 from .generate import GenerationOutput, generate
 from .sampling import GuidanceConfig
 from .schedule import SUPPORTED_DURATIONS, Schedule, build_schedule, official_schedule
-from .vae.quant import multiscale_quantize
+from .vae.quant import area_down, multiscale_quantize
 
 TESTBED_DIR = Path(__file__).resolve().parent / "testbed" / "weights"
 OFFICIAL_TRANSFORMER_DIRS = {"720p": "infinitystar_8b_720p_weights", "480p": "infinitystar_8b_480p_weights"}
@@ -431,11 +431,19 @@ class FastStarPipeline:
             from tqdm.auto import tqdm
             bar = tqdm(total=schedule.num_steps, desc="generate", unit="step", leave=False)
 
+        callback_time = [0.0]
+
         def on_step(info) -> bool:
             if bar is not None:
                 bar.set_postfix_str(f"clip {info.clip + 1}/{info.num_clips} scale {info.scale + 1}/{info.num_scales}")
                 bar.update(1)
-            return bool(callback_on_step_end(info)) if callback_on_step_end is not None else False
+            if callback_on_step_end is None:
+                return False
+            tc = time.perf_counter()
+            try:
+                return bool(callback_on_step_end(info))
+            finally:
+                callback_time[0] += time.perf_counter() - tc
         try:
             out: GenerationOutput = generate(self.transformer, schedule, text, seed=seed, guidance=guidance,
                                              uncond_LC=uncond, teacher_bits=teacher, accelerator=acc,
@@ -447,7 +455,9 @@ class FastStarPipeline:
         finally:
             if bar is not None:
                 bar.close()
-        timings["transformer_s"] = out.total_time_s
+        timings["transformer_s"] = out.total_time_s - callback_time[0]       # the caller's callback not counted
+        if callback_on_step_end is not None:
+            timings["callback_s"] = callback_time[0]
         # 5. decode
         frames = None
         if decode:
@@ -465,12 +475,16 @@ class FastStarPipeline:
                            summary=summary, stopped_at=out.stopped_at)
 
     @torch.no_grad()
-    def preview(self, canvas: torch.Tensor, frame: int = 0) -> np.ndarray:
+    def preview(self, canvas: torch.Tensor, frame: int = 0, downscale: int = 1) -> np.ndarray:
         """A cheap look at a canvas during generation: one latent frame (default the first) decoded alone,
-        uint8 [H, W, 3]. About 1/T' of a full decode."""
+        uint8 [H / downscale, W / downscale, 3]; about 1 / (T' downscale^2) of a full decode."""
         from .io import to_uint8
         from .vae.model import inference_decode
-        video = inference_decode(self.vae, canvas[:, :, frame:frame + 1].to(self.device).float())
+        z = canvas[:, :, frame:frame + 1].to(self.device).float()
+        if downscale > 1:
+            h, w = z.shape[-2:]
+            z = area_down(z, (1, max(1, h // downscale), max(1, w // downscale)))
+        video = inference_decode(self.vae, z)
         return to_uint8(video[:, :, :1].float().cpu())[0]
 
     @torch.no_grad()

@@ -18,7 +18,7 @@ from ..schedule import Schedule, official_schedule, step_flops
 from .base import Accelerator, StepBudget
 from .baselines import FastVAR, SkipScales, StageVAR
 from .faststar import FastSTAR, RandomPrune
-from .presets import DEFAULT_PRESET, PRESETS, preset_params
+from .presets import DEFAULT_PRESET, PRESETS, PUBLIC_PRESETS, preset_params
 
 # method name -> accelerator class (its ``config_class`` holds the knobs)
 METHODS: dict[str, type[Accelerator]] = {
@@ -249,6 +249,6 @@ def flop_plan(method: str | Accelerator = "faststar", preset: str | None = None,
     return out
 
 
-__all__ = ["METHODS", "PRESETS", "DEFAULT_PRESET", "make_accelerator", "check_method_specs", "accelerator_from_record",
-           "apply", "remove", "flop_plan",
+__all__ = ["METHODS", "PRESETS", "DEFAULT_PRESET", "PUBLIC_PRESETS", "make_accelerator", "check_method_specs",
+           "accelerator_from_record", "apply", "remove", "flop_plan",
            "Accelerator", "FastSTAR", "RandomPrune", "FastVAR", "StageVAR", "SkipScales"]

@@ -141,6 +141,8 @@ PRESETS["random"] = {name: {k: v for k, v in knobs.items() if k not in SELECTION
 
 DEFAULT_PRESET = {"faststar": "balanced", "random": "balanced", "fastvar": "balanced", "stagevar": "original",
                   "skip": "last1"}
+# the presets offered to users (README, `faststar serve`), slowest first; the others are kept for measurements
+PUBLIC_PRESETS = ("quality", "balanced", "fast-hq", "fast")
 
 
 def preset_params(method: str, preset: str) -> dict:

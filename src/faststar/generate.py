@@ -51,7 +51,7 @@ class StepInfo:
     num_scales: int                 # scales in this clip
     rep: int
     canvas: torch.Tensor            # this clip's canvas after the step [1, 64, t, H, W] (read-only)
-    clip_canvases: list             # the finished clips' final canvases
+    clip_canvases: list             # the final canvases of the clips before this one (so far = these + canvas)
     elapsed_s: float                # since the loop began
     tokens: int
     tokens_run: int
@@ -266,7 +266,7 @@ def generate(model: STARTransformer, schedule: Schedule, text_LC: torch.Tensor, 
         if callback is not None:
             info = StepInfo(step=st.index, num_steps=schedule.num_steps, clip=s.clip, num_clips=schedule.num_clips,
                             scale=s.index_in_clip, num_scales=len(schedule.clip_scales(s.clip)),
-                            rep=st.rep, canvas=canvas, clip_canvases=list(canvases),
+                            rep=st.rep, canvas=canvas, clip_canvases=list(canvases[:s.clip]),
                             elapsed_s=time.perf_counter() - t_start, tokens=N, tokens_run=n_run)
             if callback(info):
                 stopped_at = st.index

@@ -87,7 +87,7 @@ def needed_files(repo_id: str, resolution: str, revision: str | None, cache: Pat
         elif cached("transformer.safetensors") is not None:
             needed.append("transformer.safetensors")
         else:
-            needed.append("transformer/model.safetensors.index.json")
+            needed.append("transformer.safetensors (or transformer/model.safetensors.index.json and its shards)")
     else:
         tdir = OFFICIAL_TRANSFORMER_DIRS[resolution]
         needed.append(f"{tdir}/model.safetensors.index.json")
@@ -125,10 +125,10 @@ def resolve(repo_id: str, *, resolution: str = "720p", revision: str | None = No
         except LocalEntryNotFoundError as e:          # no connection and nothing cached
             reason = f"the Hub cannot be reached ({str(e).splitlines()[0][:120]})"
         else:
-            _, missing = needed_files(repo_id, resolution, revision, cache)
-            if missing:
-                raise HubFilesMissing(f"{where} has no {', '.join(missing)} (downloaded into {cache})")
-            return folder
+            needed, missing = needed_files(repo_id, resolution, revision, cache)
+            if not missing:
+                return folder
+            reason = "a download from the Hub did not bring them (no network, or not in the repository)"
     try:
         folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=str(cache), allow_patterns=patterns,
                                         local_files_only=True))
@@ -136,8 +136,11 @@ def resolve(repo_id: str, *, resolution: str = "720p", revision: str | None = No
         folder = None
     needed, missing = needed_files(repo_id, resolution, revision, cache)
     if folder is None or missing:
-        raise HubFilesMissing(
-            f"{reason}, and the cache {cache} lacks {len(missing)} of the {len(needed)} files that {where} needs at "
-            f"{resolution}: {', '.join(missing)} (download them once with network, e.g. "
-            f"`huggingface-cli download {repo_id} --include {' '.join(patterns[:3])}`)")
+        lacks = (f"{len(missing)} of the {len(needed)} files that {where} needs at {resolution}: {', '.join(missing)}"
+                 if folder is not None else f"{where} altogether (no snapshot of that revision; files needed: "
+                 f"{', '.join(missing)})")
+        official = not any(n.startswith(("transformer", "vae.")) for n in needed)
+        include = " --include " + " ".join(repr(p) for p in patterns[:3]) if official else ""
+        raise HubFilesMissing(f"{reason}, and the cache {cache} lacks {lacks} (download them once with network: "
+                              f"`hf download {repo_id}{include}`)")
     return folder

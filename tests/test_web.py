@@ -147,6 +147,8 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     if CHROMIUM is None or CHROMEDRIVER is None:
+        if os.environ.get("FASTSTAR_REQUIRE_BROWSER"):
+            pytest.fail("FASTSTAR_REQUIRE_BROWSER is set but chromium / chromedriver are missing (make browser)")
         pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install chromium "
                     "chromium-driver; .ci/run does this)")
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the web extra)")

@@ -252,3 +252,23 @@ def test_page_in_headless_chromium(server, browser, tmp_path):
         drv.execute_script("document.querySelectorAll('video').forEach(v => { v.currentTime = 0.7; });")
         time.sleep(1.0)
         drv.save_screenshot(str(shots / "web-compare.png"))
+
+
+def test_one_generation_at_a_time(studio):
+    """Two requests at once (two sessions): the second's steps start only after the first's video is done."""
+    import threading
+    log = []
+
+    def run(tag):
+        for ev in studio.stream("a cat", seed=2, preset="fast", session=tag):
+            log.append((tag, ev["kind"], time.perf_counter()))
+    threads = [threading.Thread(target=run, args=(t,)) for t in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    order = [tag for tag, kind, _ in log if kind == "step"]
+    first = order[0]
+    n = order.count(first)
+    assert order[:n] == [first] * n and set(order[n:]) == {"b" if first == "a" else "a"}
+    assert [k for tag, k, _ in log if tag == first][-1] == "done"

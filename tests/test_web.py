@@ -272,3 +272,12 @@ def test_one_generation_at_a_time(studio):
     n = order.count(first)
     assert order[:n] == [first] * n and set(order[n:]) == {"b" if first == "a" else "a"}
     assert [k for tag, k, _ in log if tag == first][-1] == "done"
+
+
+def test_cheap_previews_are_shown_at_the_video_size(studio, tmp_path):
+    cheap = Studio(studio.pipe, preview_every=3, preview_downscale=2, out_dir=tmp_path)
+    events = list(cheap.stream("a cat", seed=2, preset="dense"))
+    previews = [e["preview"] for e in events if e["kind"] == "step" and e["preview"] is not None]
+    assert len(previews) == 2 and all(p.shape == (64, 96, 3) for p in previews)   # each clip's last scale
+    small = studio.pipe.preview(events[-1]["out"].latent, downscale=2)
+    assert small.shape == (32, 48, 3)

@@ -133,6 +133,10 @@ class Studio:
             prev = None
             if sched.steps[info.step].last_rep and ((info.scale + 1) % self.preview_every == 0 or info.scale + 1 == info.num_scales):
                 prev = pipe.preview(info.canvas, downscale=self.preview_downscale)
+                if self.preview_downscale > 1:                 # shown at the video's size
+                    from PIL import Image
+                    H, W = sched.pixel_size()
+                    prev = np.asarray(Image.fromarray(prev).resize((W, H), Image.BILINEAR))
             events.put({"kind": "step", "preview": prev,
                         "info": dict(step=info.step, num_steps=info.num_steps, clip=info.clip,
                                      num_clips=info.num_clips, scale=info.scale, num_scales=info.num_scales,

@@ -264,8 +264,9 @@ def build_app(pipe, *, preview_every: int = 2, out_dir=None, title: str = "fasts
         def do_stop(request: gr.Request):
             studio.request_stop(getattr(request, "session_hash", "") or "")
 
+        # the progress bar and the place in the queue show on the status line, not over the live preview
         go.click(run, [prompt, negative, image, preset, seed, guidance, resolution, duration, compare], outputs,
-                 concurrency_limit=1, concurrency_id="generate")
+                 concurrency_limit=1, concurrency_id="generate", show_progress_on=[status])
         stop.click(do_stop, None, None, queue=False)
         compare.change(lambda c: gr.Row(visible=bool(c)), compare, compare_row, queue=False)
     return app

@@ -1,4 +1,4 @@
-"""Command line: faststar generate | demo | inspect | check-reference | bench | eval.
+"""Command line: faststar generate | serve | demo | inspect | check-reference | bench | eval.
 
 Flags map one to one onto pipeline / config fields; the logic lives in the library.
 """
@@ -34,7 +34,8 @@ def _cmd_check_reference(a) -> int:
 def _load_pipe(a):
     from .pipeline import FastStarPipeline
     return FastStarPipeline.from_pretrained(a.model_dir, resolution=a.resolution or "720p", device=a.device,
-                                            dtype=a.dtype, attention=a.attention, text_encoder=a.text_encoder)
+                                            dtype=a.dtype, attention=a.attention, text_encoder=a.text_encoder,
+                                            revision=getattr(a, "revision", None))
 
 
 def _accelerator(a):
@@ -89,8 +90,11 @@ def _cmd_generate(a) -> int:
         write_video(mpath, mask_video(out.masks, sched, out.frames), fps=out.fps)
         print(f"masks: {mpath}")
     t = out.timings
+    acc_name = out.accelerator.get("method")
+    if out.accelerator.get("preset"):
+        acc_name += f" (preset {out.accelerator['preset']})"
     print(f"wrote {path}: {out.frames.shape[0]} frames {out.frames.shape[2]}x{out.frames.shape[1]} @ {out.fps} fps, "
-          f"seed {out.seed}, schedule {out.schedule}, accelerator {out.accelerator.get('method')}")
+          f"seed {out.seed}, schedule {out.schedule}, accelerator {acc_name}")
     print("time: " + ", ".join(f"{k[:-2]} {v:.2f}s" for k, v in t.items()))
     s = out.summary
     print(f"tokens run {s['tokens_run']:,} of {s['tokens_dense']:,}; FLOP-model speedup {s['flop_speedup']:.2f}x")
@@ -98,14 +102,22 @@ def _cmd_generate(a) -> int:
 
 
 def _cmd_inspect(a) -> int:
-    from .pipeline import inspect_model_dir
-    rep = inspect_model_dir(a.model_dir, a.resolution)
+    from .pipeline import TESTBED_DIR, inspect_model_dir
+    rep = inspect_model_dir(a.model_dir or TESTBED_DIR, a.resolution)
     print(f"model folder {rep['folder']} (layout: {rep.get('kind', '?')})")
     for k, v in rep["found"].items():
         print(f"  ok  {k}: {v}")
     for p in rep["problems"]:
         print(f"  PROBLEM {p}")
     return 1 if rep["problems"] else 0
+
+
+def _cmd_serve(a) -> int:
+    from .web import serve
+    pipe = _load_pipe(a)
+    print(f"faststar studio on http://{a.host}:{a.port} (model {pipe.spec.name}, device {pipe.device}); Ctrl+C stops")
+    serve(pipe, host=a.host, port=a.port, preview_every=a.preview_every)
+    return 0
 
 
 def _cmd_bench(a) -> int:
@@ -128,12 +140,16 @@ def _cmd_eval(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     p = argparse.ArgumentParser(prog="faststar", description=__doc__)
+    p.add_argument("--version", action="version", version=f"faststar {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     g = sub.add_parser("generate", help="generate a video (text-to-video, image-to-video, continuation)")
     g.add_argument("--prompt", required=True)
-    g.add_argument("--model-dir", default=None, help="model folder (default: the embedded testbed model)")
+    g.add_argument("--model-dir", default=None,
+                   help="model folder or Hub id, e.g. FoundationVision/InfinityStar (default: the testbed model)")
+    g.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of a Hub id")
     g.add_argument("--image", default=None, help="image-to-video: the first frame")
     g.add_argument("--video", default=None, help="video continuation: the first 5 s (official 480p, duration 10)")
     g.add_argument("--duration", type=int, default=None, help="seconds (official: 5 or 10)")
@@ -153,8 +169,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(fn=_cmd_generate)
 
+    w = sub.add_parser("serve", help="a web studio (Gradio) with a live coarse-to-fine preview")
+    w.add_argument("--model-dir", default=None,
+                   help="model folder or Hub id, e.g. FoundationVision/InfinityStar (default: the testbed)")
+    w.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of a Hub id")
+    w.add_argument("--port", type=int, default=7860)
+    w.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    w.add_argument("--resolution", default=None, help="720p or 480p (official models)")
+    w.add_argument("--device", default="auto")
+    w.add_argument("--dtype", default=None)
+    w.add_argument("--attention", default="auto")
+    w.add_argument("--text-encoder", default=None)
+    w.add_argument("--preview-every", type=int, default=2, help="a preview every this many scales")
+    w.set_defaults(fn=_cmd_serve)
+
     i = sub.add_parser("inspect", help="check a model folder: what is missing or mismatched")
-    i.add_argument("model_dir")
+    i.add_argument("model_dir", nargs="?", default=None, help="model folder (default: the embedded testbed)")
     i.add_argument("--resolution", default="720p")
     i.set_defaults(fn=_cmd_inspect)
 

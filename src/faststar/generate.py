@@ -57,7 +57,7 @@ class StepInfo:
     num_scales: int                            # scales in this clip
     rep: int
     canvas: torch.Tensor                       # the current clip's canvas after this step [1, 64, t, H, W]; read-only
-    clip_canvases: list                        # final canvases of the finished clips (this one too once finished)
+    clip_canvases: list                        # final canvases of the clips before this one (so far: these + canvas)
     elapsed_s: float                           # since the loop started
     tokens: int                                # tokens of the step
     tokens_run: int                            # tokens that ran the blocks (0: the step did not run)
@@ -284,7 +284,7 @@ class _Loop:
         clip_scales = sch.clip_scales(s.clip)
         return StepInfo(step=st.index, num_steps=sch.num_steps, clip=s.clip, num_clips=sch.num_clips,
                         scale=s.index_in_clip, num_scales=len(clip_scales), rep=st.rep, canvas=self.canvas,
-                        clip_canvases=list(self.clip_canvases), elapsed_s=time.perf_counter() - t_start,
+                        clip_canvases=self.clip_canvases[:s.clip], elapsed_s=time.perf_counter() - t_start,
                         tokens=s.num_tokens, tokens_run=n_run)
 
     def _forward(self, st: Step, plan: StepPlan, ctx: StepContext, tokens, is_ref: bool, sample: bool):

@@ -1,6 +1,7 @@
 """The user-facing pipeline: text / image / video in, frames out.
 
     pipe = FastStarPipeline.from_pretrained("path/to/InfinityStar")      # or from_pretrained() for the testbed
+    pipe = FastStarPipeline.from_pretrained("FoundationVision/InfinityStar", resolution="480p")   # Hub + HF cache
     out = pipe("a cat walks on the beach", seed=1)                        # VideoOutput: frames uint8 [T,H,W,3]
     faststar.apply(pipe, "faststar", "balanced")                          # accelerate; faststar.remove(pipe)
 
@@ -22,7 +23,7 @@ from .checkpoint import CheckpointError, TensorSource, load_checkpoint, load_tra
 from .generate import GenerationOutput, generate
 from .sampling import GuidanceConfig
 from .schedule import SUPPORTED_DURATIONS, Schedule, build_schedule, official_schedule
-from .vae.quant import multiscale_quantize
+from .vae.quant import area_down, multiscale_quantize
 
 TESTBED_DIR = Path(__file__).resolve().parent / "testbed" / "weights"
 OFFICIAL_TRANSFORMER_DIRS = {"720p": "infinitystar_8b_720p_weights", "480p": "infinitystar_8b_480p_weights"}
@@ -42,7 +43,17 @@ class VideoOutput:
     masks: list = field(default_factory=list)
     accelerator: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
-    stopped_at: int | None = None           # the step after which ``callback`` stopped the loop (None: ran out)
+    stopped_at: int | None = None           # the step after which callback_on_step_end stopped generation
+
+
+def stop_description(schedule: Schedule, step: int | None) -> str | None:
+    """Where an early stop happened, in words: 'after step 20 of 43 (clip 2 of 2, scale 3 of 8)'."""
+    if step is None:
+        return None
+    st = schedule.steps[step]
+    c = st.scale.clip
+    return (f"after step {step + 1} of {schedule.num_steps} (clip {c + 1} of {schedule.num_clips}, scale "
+            f"{st.scale.index_in_clip + 1} of {len(schedule.clip_scales(c))})")
 
 
 @dataclass
@@ -256,17 +267,23 @@ class FastStarPipeline:
     @classmethod
     def from_pretrained(cls, model_dir: str | Path | None = None, *, resolution: str = "720p",
                         transformer_path=None, vae_path=None, text_encoder=None, device="auto", dtype=None,
-                        attention: str = "auto", fuse: bool = True, compile: bool | None = None
-                        ) -> "FastStarPipeline":
+                        attention: str = "auto", fuse: bool = True, compile: bool | None = None,
+                        revision: str | None = None, cache_dir=None) -> "FastStarPipeline":
         """Load a model folder: the release's layout (``infinitystar_8b_{720p,480p}_weights/``,
         ``infinitystar_videovae.pth``, ``text_encoder/flan-t5-xl-official/``) or a faststar testbed folder
         (``config.json`` with kind ``faststar-testbed``). With no folder, the embedded testbed model.
         ``text_encoder``: an object with ``encode(prompts)``, or a spec string for ``faststar.text.load_text_encoder``.
         ``compile``: fuse the blocks' elementwise kernels with torch.compile (default: on for CUDA).
+        A Hub repository id (``"FoundationVision/InfinityStar"``) that is no local folder is fetched with
+        huggingface_hub (only ``resolution``'s files, the VAE and T5) into its cache (``cache_dir``, else HF_HOME),
+        at ``revision``; with ``HF_HUB_OFFLINE=1`` or no network, from the cache alone (faststar.hub).
         """
         from .model.transformer import compile_kernels
         device = _auto_device(device)
         dtype = _parse_dtype(dtype, device)
+        from .hub import looks_like_repo_id, resolve
+        if looks_like_repo_id(model_dir):
+            model_dir = resolve(str(model_dir), resolution=resolution, revision=revision, cache_dir_=cache_dir)
         folder = Path(model_dir) if model_dir is not None else TESTBED_DIR
         if not folder.is_dir():
             raise FileNotFoundError(f"model folder not found: {folder}")
@@ -377,7 +394,10 @@ class FastStarPipeline:
     def __call__(self, prompt: str, *, image=None, video=None, duration: int | None = None,
                  resolution: str | None = None, seed: int = 0, guidance: GuidanceConfig | None = None,
                  negative_prompt: str | None = None, decode: bool = True, progress: bool = True,
-                 accelerator="pipe", callback=None) -> VideoOutput:
+                 accelerator="pipe", callback_on_step_end=None) -> VideoOutput:
+        """Generate one video. ``callback_on_step_end``: callable(faststar.generate.StepInfo) after every step of
+        the loop (clip, scale, the canvas so far, timing); returning True stops generation there, and the video so
+        far (coarser, or fewer clips) is decoded and returned with ``stopped_at`` set."""
         t_all = time.perf_counter()
         # 1. inputs and schedule
         if not isinstance(prompt, str) or not prompt.strip():
@@ -405,21 +425,29 @@ class FastStarPipeline:
         if image is not None or video is not None:
             teacher = self._encode_condition(schedule, image, video, progress)
         timings["condition_encode_s"] = time.perf_counter() - t
-        # 4. the loop
+        # 4. the loop (the progress bar is a step callback too)
         bar = None
         if progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=schedule.num_steps, desc="generate", unit="step", leave=False)
 
-        def step_callback(info):           # the progress bar, then the caller's callback (True stops the loop)
+        callback_time = [0.0]
+
+        def on_step(info) -> bool:
             if bar is not None:
-                bar.set_postfix_str(f"clip {info.clip} scale {info.scale} {schedule.steps[info.step].scale.thw}")
+                bar.set_postfix_str(f"clip {info.clip + 1}/{info.num_clips} scale {info.scale + 1}/{info.num_scales}")
                 bar.update(1)
-            return callback(info) if callback is not None else None
+            if callback_on_step_end is None:
+                return False
+            tc = time.perf_counter()
+            try:
+                return bool(callback_on_step_end(info))
+            finally:
+                callback_time[0] += time.perf_counter() - tc
         try:
             out: GenerationOutput = generate(self.transformer, schedule, text, seed=seed, guidance=guidance,
                                              uncond_LC=uncond, teacher_bits=teacher, accelerator=acc,
-                                             callback=step_callback)
+                                             callback=on_step)
         except torch.cuda.OutOfMemoryError as e:
             raise RuntimeError("CUDA out of memory during generation. Try resolution='480p', close other GPU "
                                "programs, or enable an accelerator (faststar.apply(pipe, 'faststar', 'fast')) "
@@ -427,29 +455,57 @@ class FastStarPipeline:
         finally:
             if bar is not None:
                 bar.close()
-        timings["transformer_s"] = out.total_time_s
+        timings["transformer_s"] = out.total_time_s - callback_time[0]       # the caller's callback not counted
+        if callback_on_step_end is not None:
+            timings["callback_s"] = callback_time[0]
         # 5. decode
         frames = None
         if decode:
             t = time.perf_counter()
-            frames = self.decode(out.latent)
+            frames = self.decode(out.latent, progress=progress)
             timings["vae_decode_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t_all
+        summary = out.summary()
+        summary["stopped_at"] = out.stopped_at
+        summary["stopped"] = stop_description(schedule, out.stopped_at)
         return VideoOutput(frames=frames, latent=out.latent.cpu(), fps=self.spec.fps, seed=seed,
                            schedule=schedule.name, timings=timings, stats=out.stats,
                            masks=[None if m is None else m.cpu() for m in out.masks],
                            accelerator=acc.describe() if acc is not None else {"method": "dense"},
-                           summary=out.summary(), stopped_at=out.stopped_at)
+                           summary=summary, stopped_at=out.stopped_at)
 
     @torch.no_grad()
-    def decode(self, latent: torch.Tensor) -> np.ndarray:
+    def preview(self, canvas: torch.Tensor, frame: int = 0, downscale: int = 1) -> np.ndarray:
+        """A cheap look at a canvas during generation: one latent frame (default the first) decoded alone,
+        uint8 [H / downscale, W / downscale, 3]; about 1 / (T' downscale^2) of a full decode."""
+        from .io import to_uint8
+        from .vae.model import inference_decode
+        z = canvas[:, :, frame:frame + 1].to(self.device).float()
+        if downscale > 1:
+            h, w = z.shape[-2:]
+            z = area_down(z, (1, max(1, h // downscale), max(1, w // downscale)))
+        video = inference_decode(self.vae, z)
+        return to_uint8(video[:, :, :1].float().cpu())[0]
+
+    @torch.no_grad()
+    def decode(self, latent: torch.Tensor, progress: bool = False) -> np.ndarray:
         from .io import to_uint8
         from .vae.model import inference_decode
         dev = self.device
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=latent.shape[2], desc="decode", unit="latent frame", leave=False)
+
+        def on_chunk(done, total):
+            bar.update(done - bar.n)
         try:
-            video = inference_decode(self.vae, latent.to(dev).float())
+            video = inference_decode(self.vae, latent.to(dev).float(), on_chunk=on_chunk if bar else None)
         except torch.cuda.OutOfMemoryError as e:
             raise RuntimeError(f"CUDA out of memory in the VAE decode ({e}); free GPU memory and retry") from e
+        finally:
+            if bar is not None:
+                bar.close()
         frames = to_uint8(video.float().cpu())
         if self.spec.smooth_first_frame and frames.shape[0] > 1:
             frames[0] = frames[1]

@@ -163,7 +163,7 @@ def build_parser(model_dir=None, describe_sizes: bool = True) -> argparse.Argume
     g.add_argument("--prompt", required=True)
     g.add_argument("--model-dir", default=None, help="model folder (default: the embedded testbed model)")
     g.add_argument("--image", default=None, help="image-to-video: the first frame")
-    g.add_argument("--video", default=None, help="video continuation: the first 5 s (official 480p, duration 10)")
+    g.add_argument("--video", default=None, help="video continuation: its first frames are kept, the rest generated (release models: --duration 10)")
     g.add_argument("--duration", type=int, default=None, help=size_help(model_dir, "duration"))
     g.add_argument("--resolution", default=None, help=size_help(model_dir, "resolution"))
     g.add_argument("--seed", type=seed_arg, default=0, help="an integer 0..2**63-2 (same seed, same video)")

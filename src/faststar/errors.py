@@ -32,15 +32,15 @@ def one_line(e: BaseException) -> str:
     text = str(e)
     if isinstance(e, KeyMismatchError):
         return text.rstrip()
-    if isinstance(e, OSError) and e.strerror and e.filename is not None and str(e.filename) not in text:
-        text = f"{e.filename}: {e.strerror}"
+    if isinstance(e, OSError) and e.strerror:          # not "[Errno 28] ...": the reason, and the file if named
+        text = e.strerror if e.filename is None or str(e.filename) in e.strerror else f"{e.strerror}: {e.filename}"
     return " ".join(text.split()) or type(e).__name__
 
 
 def _kind(e: BaseException) -> str:
     """A prefix naming the class where the class itself says something (not for plain value errors)."""
     from .checkpoint import CheckpointError
-    if isinstance(e, (UserError, CheckpointError)) or type(e) is ValueError:
+    if isinstance(e, (UserError, CheckpointError, OSError)) or type(e) is ValueError:
         return ""
     if isinstance(e, FloatingPointError):
         return "numerical failure: "
@@ -86,7 +86,8 @@ def run_command(cmd: str, fn, args) -> int:
         if os.environ.get("FASTSTAR_DEBUG"):
             raise
         from .checkpoint import CheckpointError
-        hint = "" if isinstance(e, (UserError, CheckpointError, OSError)) else "  (FASTSTAR_DEBUG=1 shows the traceback)"
+        known = (UserError, CheckpointError, OSError, FloatingPointError)
+        hint = "" if isinstance(e, known) else "  (FASTSTAR_DEBUG=1 shows the traceback)"
         try:
             print(f"faststar {cmd}: error: {_kind(e)}{one_line(e)}{hint}", file=sys.stderr)
         except (OSError, ValueError):      # stderr itself closed: the exit code still tells

@@ -173,9 +173,18 @@ def test_nan_logits_stop_with_the_step(tiny_folder, tmp_path, capsys):
     out = tmp_path / "v.mp4"
     rc = cli_main(["generate", "--model-dir", str(folder), "--prompt", "a cup", "-o", str(out), "--quiet"])
     line = _one_line(capsys.readouterr().err)
-    assert rc == 2 and re.search(r"error: numerical failure: NaN in the guided logits of step \d+: check the "
+    assert rc == 2 and re.search(r"error: numerical failure: NaN or Inf in the guided logits of step \d+: check the "
                                  r"weights and the dtype$", line), line
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_nonfinite_flag():
+    from faststar.sampling import nonfinite
+    x = torch.zeros(3, 4)
+    assert not bool(nonfinite(x))
+    for v in (float("nan"), float("inf"), -float("inf")):
+        x[1, 2] = v
+        assert bool(nonfinite(x))
 
 
 def test_long_prompt_warns_once(tiny_folder, tmp_path, capsys):

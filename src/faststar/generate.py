@@ -16,7 +16,7 @@ import torch
 from .accel.base import DENSE, Accelerator, StepContext, StepOutput, StepPlan
 from .model.rope import rope_cos_sin, text_positions, visual_positions
 from .model.transformer import STARTransformer
-from .sampling import GuidanceConfig, expected_codes, guide, sample_bits, step_uniforms
+from .sampling import GuidanceConfig, expected_codes, guide, nonfinite, sample_bits, step_uniforms
 from .schedule import Schedule, step_flops
 from .vae.quant import area_down, bits_to_codes, lift_codes
 
@@ -169,7 +169,7 @@ def generate(model: STARTransformer, schedule: Schedule, text_LC: torch.Tensor, 
             if forced is None:
                 u = step_uniforms(seed, st.index, N, s.bits, dev)
                 b = sample_bits(guided, u if keep is None else u[keep], check_nan=False)
-                nan_flags.append((st.index, torch.isnan(guided).any()))
+                nan_flags.append((st.index, nonfinite(guided)))
             if record is not None:
                 record[f"step{st.index:03d}.input_embeds"] = tokens.float().cpu()
                 record[f"step{st.index:03d}.logits_cond"] = logits[0].float().cpu()
@@ -244,7 +244,7 @@ def generate(model: STARTransformer, schedule: Schedule, text_LC: torch.Tensor, 
             progress(st, schedule)
     for k, flag in nan_flags:
         if bool(flag):
-            raise FloatingPointError(f"NaN in the guided logits of step {k}: check the weights and the dtype")
+            raise FloatingPointError(f"NaN or Inf in the guided logits of step {k}: check the weights and the dtype")
     _sync(dev)
     for i, e0, e1 in events:
         stats[i]["time_s"] = e0.elapsed_time(e1) / 1000.0

@@ -278,3 +278,33 @@ def test_check_video_path_does_not_create_folders(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="is not a folder"):
         check_video_path(tmp_path / "file" / "v.mp4", mkdir=True)
+
+
+def test_killed_writer_leaves_nothing_under_the_final_name(tmp_path):
+    """SIGKILL in the middle of an mp4 write (after the encoder has written part of the file): the final name
+    never appears; only the hidden temporary file is left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    target = tmp_path / "v.mp4"
+    code = ("import sys, time, av, numpy as np\n"
+            "from faststar.io import write_video\n"
+            "real, n = av.VideoFrame.from_ndarray, [0]\n"
+            "def slow(arr, format):\n"
+            "    n[0] += 1\n"
+            "    if n[0] == 60:\n"
+            "        print('writing', flush=True)\n"
+            "        time.sleep(60)\n"
+            "    return real(arr, format=format)\n"
+            "av.VideoFrame.from_ndarray = staticmethod(slow)\n"
+            "f = np.random.default_rng(0).integers(0, 255, (80, 64, 96, 3), dtype=np.uint8)\n"
+            "write_video(sys.argv[1], f)\n")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    p = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, env=env)
+    assert p.stdout.readline().strip() == b"writing"
+    partial = [q for q in tmp_path.iterdir()]
+    p.send_signal(signal.SIGKILL)
+    p.wait(30)
+    assert len(partial) == 1 and partial[0].name.startswith(".v.") and partial[0].stat().st_size > 0
+    assert not target.exists()

@@ -40,7 +40,7 @@ def one_line(e: BaseException) -> str:
 def _kind(e: BaseException) -> str:
     """A prefix naming the class where the class itself says something (not for plain value errors)."""
     from .checkpoint import CheckpointError
-    if isinstance(e, (UserError, CheckpointError, OSError)) or type(e) is ValueError:
+    if isinstance(e, (UserError, CheckpointError)) or type(e) is ValueError or (isinstance(e, OSError) and e.strerror):
         return ""
     if isinstance(e, FloatingPointError):
         return "numerical failure: "

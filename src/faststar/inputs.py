@@ -21,6 +21,13 @@ from .errors import UserError
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+def _show(x) -> str:
+    """A value the user typed, as it can be printed on one line (quoted and escaped if it holds a newline or other
+    unprintable characters)."""
+    s = str(x)
+    return s if s.isprintable() else repr(s)
+
+
 def seed_arg(text: str) -> int:
     """argparse ``type=`` for ``--seed``: an integer 0..SEED_MAX, else a one-line error naming the range."""
     from .sampling import check_seed
@@ -59,7 +66,7 @@ def model_sizes(model_dir) -> ModelSizes:
         if model_dir is not None and _HUB_ID.match(str(model_dir)) and not folder.exists():
             return ModelSizes(str(model_dir), "unknown")
         what = "is not a folder" if folder.exists() else "not found"
-        raise UserError(f"--model-dir: model folder {what}: {folder}")
+        raise UserError(f"--model-dir: model folder {what}: {_show(folder)}")
     cfg_file = folder / "config.json"
     cfg = {}
     if cfg_file.exists():
@@ -148,11 +155,11 @@ def check_image(path, flag: str = "--image") -> None:
     from .io import read_image
     p = Path(path)
     if not p.exists():
-        raise UserError(f"{flag}: no such file: {path}")
+        raise UserError(f"{flag}: no such file: {_show(path)}")
     if p.is_dir():
-        raise UserError(f"{flag}: {path} is a folder, not an image")
+        raise UserError(f"{flag}: {_show(path)} is a folder, not an image")
     if not os.access(p, os.R_OK):
-        raise UserError(f"{flag}: {path} is not readable (permission denied)")
+        raise UserError(f"{flag}: {_show(path)} is not readable (permission denied)")
     try:
         read_image(p)
     except ValueError as e:
@@ -163,15 +170,15 @@ def check_video(path, flag: str = "--video") -> None:
     from .io import video_info
     p = Path(path)
     if not p.exists():
-        raise UserError(f"{flag}: no such file: {path}")
+        raise UserError(f"{flag}: no such file: {_show(path)}")
     if not os.access(p, os.R_OK) or p.is_dir():
-        raise UserError(f"{flag}: {path} is not a readable file")
+        raise UserError(f"{flag}: {_show(path)} is not a readable file")
     try:
         info = video_info(p)
     except ValueError as e:
         raise UserError(f"{flag}: {' '.join(str(e).split())}") from None
     if info.width <= 0 or info.height <= 0:
-        raise UserError(f"{flag}: {path} has no decodable video frames")
+        raise UserError(f"{flag}: {_show(path)} has no decodable video frames")
 
 
 def check_device(device) -> str:
@@ -254,7 +261,7 @@ def build_accelerator(spec, preset):
     try:
         return accel.make_accelerator(spec, preset)
     except (ValueError, TypeError) as e:
-        raise UserError(f"--accel {spec}: {_knob_message(spec, preset, e)}") from None
+        raise UserError(f"--accel {_show(spec)}: {_knob_message(spec, preset, e)}") from None
 
 
 def _knob_message(spec: str, preset, err: Exception) -> str:
@@ -272,7 +279,7 @@ def _knob_message(spec: str, preset, err: Exception) -> str:
         try:
             accel.make_accelerator(method, named if named is not None else preset, **{k: v})
         except (ValueError, TypeError) as e:
-            return f"knob {k}={raw.get(k, v)!s}: {' '.join(str(e).split())}"
+            return f"knob {_show(k)}={_show(raw.get(k, v))}: {' '.join(str(e).split())}"
     return msg
 
 

@@ -38,50 +38,20 @@ def _load_pipe(a):
                                             revision=getattr(a, "revision", None))
 
 
-def _accelerator(a):
-    """The accelerator that ``--accel`` / ``--preset`` name, built before any model loads (a typo fails at once).
-    ``--accel`` takes a method (``faststar``) or a whole method string as ``faststar eval`` does
-    (``faststar:quality+anchors=0``); ``--preset`` names the preset of a bare method. None for dense."""
-    from . import accel
-    if not a.accel:
-        if a.preset:
-            raise ValueError(f"--preset {a.preset!r} needs --accel (for example --accel faststar)")
-        return None
-    if a.accel == "dense" and not a.preset:
-        return None
-    try:
-        return accel.make_accelerator(a.accel, a.preset)
-    except TypeError as e:            # unknown knob names
-        raise ValueError(str(e)) from None
-
-
 def _cmd_generate(a) -> int:
+    """Check every input (no model loaded yet), load, generate, write; failures raise to ``errors.run_command``."""
     from . import accel
-    from .io import check_video_path, write_video
-    try:                # a bad output path or accelerator fails now, not after loading and generating
-        check_video_path(a.output)
-    except ValueError as e:
-        print(f"error: --output: {e}", file=sys.stderr)
-        return 2
-    try:
-        acc = _accelerator(a)
-    except ValueError as e:
-        print(f"error: --accel: {e}", file=sys.stderr)
-        return 2
-    try:
+    from .inputs import check_generate_inputs
+    from .io import write_video
+    checked = check_generate_inputs(a)          # one UserError naming the flag, before any model loads
+    with _progress_bars(not a.quiet):
         pipe = _load_pipe(a)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: cannot load the model: {e}", file=sys.stderr)
-        return 2
-    if acc is not None:
-        accel.apply(pipe, acc)
-    try:
-        out = pipe(a.prompt, image=a.image, video=a.video, duration=a.duration, resolution=a.resolution,
-                   seed=a.seed, progress=not a.quiet)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    path = Path(a.output)
+    if checked.accelerator is not None:
+        accel.apply(pipe, checked.accelerator)
+    _warn_long_prompt(pipe, a.prompt, a.duration)
+    out = pipe(a.prompt, image=a.image, video=a.video, duration=a.duration, resolution=a.resolution,
+               seed=a.seed, progress=not a.quiet)
+    path = checked.output
     write_video(path, out.frames, fps=out.fps)
     if a.save_masks:
         from .accel.viz import mask_video
@@ -99,6 +69,42 @@ def _cmd_generate(a) -> int:
     s = out.summary
     print(f"tokens run {s['tokens_run']:,} of {s['tokens_dense']:,}; FLOP-model speedup {s['flop_speedup']:.2f}x")
     return 0
+
+
+class _progress_bars:
+    """With ``on=False``, silence the loaders' own progress bars (transformers, huggingface_hub) for the block."""
+
+    def __init__(self, on: bool):
+        self.on, self.undo = on, None
+
+    def __enter__(self):
+        if not self.on:
+            try:
+                from transformers.utils import logging as tlog
+            except ImportError:
+                return self
+            if tlog.is_progress_bar_enabled():
+                tlog.disable_progress_bar()
+                self.undo = tlog.enable_progress_bar
+        return self
+
+    def __exit__(self, *exc):
+        if self.undo is not None:
+            self.undo()
+        return False
+
+
+def _warn_long_prompt(pipe, prompt: str, duration) -> None:
+    """One line on stderr when the text encoder will cut the prompt (it reads a fixed number of tokens)."""
+    from .inputs import prompt_overflow
+    from .text import format_prompt
+    text = format_prompt(prompt, duration or pipe.spec.default_duration) if pipe.spec.official_prompt_format \
+        else prompt
+    over = prompt_overflow(pipe.text_encoder, text)
+    if over:
+        n, limit = over
+        print(f"faststar generate: warning: the prompt is {n:,} tokens; the text encoder reads the first {limit:,} "
+              f"and ignores the rest", file=sys.stderr)
 
 
 def _cmd_inspect(a) -> int:
@@ -139,9 +145,32 @@ def _cmd_eval(a) -> int:
                      model_dir=a.model_dir, device=a.device, text_encoder=a.text_encoder)
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line error of the rest of the CLI (the usage block is what --help is for)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+def _flag_value(argv, flag: str):
+    """The value of ``flag`` in a raw argument list (``--flag V`` or ``--flag=V``), or None."""
+    for i, x in enumerate(argv):
+        if x == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if x.startswith(flag + "="):
+            return x[len(flag) + 1:]
+    return None
+
+
+def build_parser(model_dir=None, describe_sizes: bool = True) -> argparse.ArgumentParser:
+    """The parser. ``model_dir``: the folder a command line names, so that --resolution / --duration list the
+    sizes of that model (or of the embedded testbed), not sizes it does not have; ``describe_sizes=False`` skips
+    reading it (no help will be shown)."""
+    from .inputs import seed_arg, size_help
+    if not describe_sizes:
+        size_help = lambda model_dir, what: None    # noqa: E731
     from . import __version__
-    p = argparse.ArgumentParser(prog="faststar", description=__doc__)
+    p = _Parser(prog="faststar", description=__doc__)
     p.add_argument("--version", action="version", version=f"faststar {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -151,11 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model folder or Hub id, e.g. FoundationVision/InfinityStar (default: the testbed model)")
     g.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of a Hub id")
     g.add_argument("--image", default=None, help="image-to-video: the first frame")
-    g.add_argument("--video", default=None, help="video continuation: the first 5 s (official 480p, duration 10)")
-    g.add_argument("--duration", type=int, default=None, help="seconds (official: 5 or 10)")
-    g.add_argument("--resolution", default=None, help="720p or 480p (official models)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--output", "-o", default="out/video.mp4", help=".mp4 or .gif")
+    g.add_argument("--video", default=None, help="video continuation: its first frames are kept, the rest generated (release models: --duration 10)")
+    g.add_argument("--duration", type=int, default=None, help=size_help(model_dir, "duration"))
+    g.add_argument("--resolution", default=None, help=size_help(model_dir, "resolution"))
+    g.add_argument("--seed", type=seed_arg, default=0, help="an integer 0..2**63-2 (same seed, same video)")
+    g.add_argument("--output", "-o", default="video.mp4", help=".mp4, .mov, .mkv or .gif (default: video.mp4)")
+    g.add_argument("--mkdir", action="store_true", help="create the output's folder if it does not exist")
     g.add_argument("--device", default="auto")
     g.add_argument("--dtype", default=None, help="bf16 (GPU default) or fp32 (CPU default)")
     g.add_argument("--attention", default="auto", help="auto, sdpa or fa3")
@@ -166,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "e.g. faststar:quality+anchors=0")
     g.add_argument("--preset", default=None, help="accelerator preset, e.g. quality, balanced, fast-hq, fast, paper")
     g.add_argument("--save-masks", action="store_true", help="also write a video of the pruning masks")
-    g.add_argument("--quiet", action="store_true")
+    g.add_argument("--quiet", action="store_true", help="no progress bars (the loaders' included)")
     g.set_defaults(fn=_cmd_generate)
 
     w = sub.add_parser("serve", help="a web studio (Gradio) with a live coarse-to-fine preview")
@@ -225,21 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Run one command. Errors a user can act on (a bad value, a missing file, no GPU, out of memory) print one
-    line and return 2; ``FASTSTAR_DEBUG=1`` shows the traceback instead."""
-    import os
-    args = build_parser().parse_args(argv)
-    try:
-        return args.fn(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        if os.environ.get("FASTSTAR_DEBUG"):
-            raise
-        kind = "" if isinstance(e, ValueError) else f"{type(e).__name__}: "
-        print(f"faststar {args.cmd}: error: {kind}{e}  (FASTSTAR_DEBUG=1 shows the traceback)", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"faststar {args.cmd}: interrupted", file=sys.stderr)
-        return 130
+    """Run one command. Errors a user can act on (a bad value, a missing or corrupt file, no GPU, out of memory,
+    NaN) print one line and return 2 (``faststar.errors``); ``FASTSTAR_DEBUG=1`` shows the traceback instead."""
+    from .errors import guard_std_fds, run_command
+    guard_std_fds()
+    argv = sys.argv[1:] if argv is None else [str(x) for x in argv]
+    want_help = any(x in ("-h", "--help") for x in argv)
+    args = build_parser(_flag_value(argv, "--model-dir"), describe_sizes=want_help).parse_args(argv)
+    return run_command(args.cmd, args.fn, args)
 
 
 if __name__ == "__main__":

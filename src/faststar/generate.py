@@ -21,7 +21,7 @@ from .accel.base import DENSE, Accelerator, StepContext, StepOutput, StepPlan, s
 from .accel.restore import restore_hidden
 from .model.rope import rope_cos_sin, text_positions, visual_positions
 from .model.transformer import STARTransformer
-from .sampling import GuidanceConfig, guide, sample_bits, step_uniforms
+from .sampling import GuidanceConfig, guide, nonfinite, sample_bits, step_uniforms
 from .schedule import Schedule, Step, step_cost
 from .vae.quant import area_down, bits_to_codes, lift_codes
 
@@ -320,7 +320,7 @@ class _Loop:
         if sample:
             u = step_uniforms(self.seed, st.index, s.num_tokens, s.bits, self.dev)
             sampled = sample_bits(guided, u if keep is None else u[keep], check_nan=False)
-            self.nan_flags.append((st.index, torch.isnan(guided).any()))
+            self.nan_flags.append((st.index, nonfinite(guided)))
         for o in self.observers:
             o.on_forward(st, tokens, logits, guided, pos, layer_outs)
         return h, ran, keep, sampled
@@ -355,7 +355,7 @@ class _Loop:
     def check_nan(self) -> None:
         for k, flag in self.nan_flags:
             if bool(flag):
-                raise FloatingPointError(f"NaN in the guided logits of step {k}: check the weights and the dtype")
+                raise FloatingPointError(f"NaN or Inf in the guided logits of step {k}: check the weights and the dtype")
 
     def latent(self) -> torch.Tensor:
         """The finished clips' canvases, then the current clip's canvas if it is not finished (a stopped loop)."""

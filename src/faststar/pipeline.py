@@ -21,7 +21,7 @@ import torch
 
 from .checkpoint import CheckpointError, TensorSource, load_checkpoint, load_transformer
 from .generate import GenerationOutput, generate
-from .sampling import GuidanceConfig
+from .sampling import GuidanceConfig, check_seed
 from .schedule import SUPPORTED_DURATIONS, Schedule, build_schedule, official_schedule
 from .vae.quant import area_down, multiscale_quantize
 
@@ -402,6 +402,7 @@ class FastStarPipeline:
         # 1. inputs and schedule
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("prompt must be a non-empty string")
+        seed = check_seed(seed)             # an int 0..SEED_MAX: never a float, never silently reduced
         if image is not None and video is not None:
             raise ValueError("give an image (image-to-video) or a video (continuation), not both")
         if video is not None and self.spec.kind == "official" and (duration or 5) != 10:

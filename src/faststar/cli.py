@@ -189,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--text-encoder", default=None, help="override, e.g. cached:<file.safetensors>")
     e.add_argument("--merge", nargs="+", default=None, metavar="RESULTS_JSON",
                    help="generate nothing: merge results.json files of runs on parts of a method list into --out")
+    e.add_argument("--metric", default="psnr",
+                   choices=["psnr", "ssim", "latent_psnr", "detail_retention", "latent_detail_retention"],
+                   help="quality axis of pareto.png (default psnr)")
     e.set_defaults(fn=_cmd_eval)
     return p
 

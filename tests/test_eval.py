@@ -69,19 +69,19 @@ def test_eval_interrupted_writes_partial_results_and_resumes(tmp_path, monkeypat
     pipe = tiny_pipe()
     prompts = [{"prompt": "a ball rolls"}]
     methods = ["faststar:balanced+keep_ratios=0.5/0.7/1.0", "random:balanced"]
-    real_run, calls = ev.Runner.run, []
+    real_run, calls = ev.Runner.run_latent, []
 
     def flaky(self, method, item, seed):
         calls.append(method)
         if len(calls) == 4:                       # dense s, dense s+1000, the first method, then Ctrl-C
             raise KeyboardInterrupt
         return real_run(self, method, item, seed)
-    monkeypatch.setattr(ev.Runner, "run", flaky)
+    monkeypatch.setattr(ev.Runner, "run_latent", flaky)
     res = ev.run_eval(pipe, tmp_path, methods, prompts, [0], progress=False)
     assert res["complete"] is False and [r["method"] for r in res["rows"]] == methods[:1]
     assert "INTERRUPTED" in (tmp_path / "results.md").read_text()
     assert len(res["noise_floor"]["per_video"]) == 1
-    monkeypatch.setattr(ev.Runner, "run", real_run)
+    monkeypatch.setattr(ev.Runner, "run_latent", real_run)
     n_runs = len(list((tmp_path / "runs").glob("*.json")))
     assert n_runs == 3
     full = ev.run_eval(pipe, tmp_path, methods, prompts, [0], progress=False)

@@ -142,7 +142,7 @@ def _cmd_demo(a) -> int:
 def _cmd_eval(a) -> int:
     from .eval import main_eval
     return main_eval(out=a.out, methods=a.methods, prompts=a.prompts, seeds=a.seeds, quick=a.quick, merge=a.merge,
-                     model_dir=a.model_dir, device=a.device, text_encoder=a.text_encoder)
+                     model_dir=a.model_dir, device=a.device, text_encoder=a.text_encoder, metric=a.metric)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -250,6 +250,9 @@ def build_parser(model_dir=None, describe_sizes: bool = True) -> argparse.Argume
     e.add_argument("--text-encoder", default=None, help="override, e.g. cached:<file.safetensors>")
     e.add_argument("--merge", nargs="+", default=None, metavar="RESULTS_JSON",
                    help="generate nothing: merge results.json files of runs on parts of a method list into --out")
+    e.add_argument("--metric", default="psnr",
+                   choices=["psnr", "ssim", "latent_psnr", "detail_retention", "latent_detail_retention"],
+                   help="quality axis of pareto.png (default psnr)")
     e.set_defaults(fn=_cmd_eval)
     return p
 

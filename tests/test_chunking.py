@@ -11,7 +11,7 @@ from faststar.memory import kv_resident_len
 from faststar.model.rope import rope_cos_sin, text_positions
 from faststar.model.transformer import build_transformer, token_chunks
 from faststar.reference import check_case, schedule_from_case
-from faststar.testbed.config import testbed_schedule as _testbed_schedule
+from faststar.schedule import build_schedule
 
 
 def test_token_chunks_cover_every_token_once():
@@ -120,8 +120,10 @@ def test_compact_cache_generation_equals_full_cache():
     """A whole generation (sampling included) with the compact cache and chunks gives the same latent (sampled bits
     agree: the 1e-6 matmul differences flip no bit here)."""
     m = _model()
-    sched = _testbed_schedule()
+    sched = build_schedule(pyramid=[(1, 1), (2, 3), (4, 6)], clip_frames=[1, 2, 2], image_reps=[1, 2, 1],
+                           video_reps=[2, 1, 1], semantic_scales=1, name="tiny")
     text = torch.randn(6, m.cfg.text_channels)
+    assert kv_resident_len(sched, 6, small_step_room=2) < sched.max_kv_len(6)     # the shared buffer is used
     a = generate(m, sched, text, seed=4)
     m.set_chunking(3, 1, kv_resident_len(sched, 6, small_step_room=2))
     m.release_cache()

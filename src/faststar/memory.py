@@ -224,20 +224,26 @@ def candidate_plans(allow_fp8: bool, precision: str, max_tokens: int):
                          text_on_gpu=text_gpu, decode_chunk=dec, offload_for_decode=offload)
 
 
+def _plans(budget_b, cfg, schedule, precision, allow_fp8, text_len, batch, text_encoder_bytes, vae_bytes, decode):
+    if text_encoder_bytes is None:
+        text_encoder_bytes = 2 * T5_XL_ENCODER_PARAMS if cfg.text_channels == 2048 else 0
+    shape = RunShape.of(cfg, schedule, text_len=text_len, batch=batch)
+    for cand in candidate_plans(allow_fp8, precision, shape.max_tokens):
+        estimate(shape, cand, text_encoder_bytes=text_encoder_bytes, vae_bytes=vae_bytes, decode=decode)
+        cand.budget_bytes = budget_b
+        yield cand
+
+
 def plan_memory(budget, cfg, schedule, *, precision: str = "bf16", allow_fp8: bool = False, text_len: int = 128,
                 batch: int = 2, text_encoder_bytes: int | None = None, vae_bytes: int = VAE_RELEASE_BYTES,
                 decode: bool = True) -> MemoryPlan:
     """The fastest plan whose predicted peak fits ``budget`` (bytes or '24GB'); BudgetError naming the smallest
     budget that would work when none does. ``text_encoder_bytes``: default a bf16 flan-t5-xl encoder when the
-    text width is T5-XL's (2048), else 0."""
+    text width is T5-XL's (2048), else 0. ``vae_bytes``: the VAE's weights (default the release VAE's)."""
     budget_b = parse_size(budget)
-    if text_encoder_bytes is None:
-        text_encoder_bytes = 2 * T5_XL_ENCODER_PARAMS if cfg.text_channels == 2048 else 0
-    shape = RunShape.of(cfg, schedule, text_len=text_len, batch=batch)
     best = None
-    for cand in candidate_plans(allow_fp8, precision, shape.max_tokens):
-        estimate(shape, cand, text_encoder_bytes=text_encoder_bytes, vae_bytes=vae_bytes, decode=decode)
-        cand.budget_bytes = budget_b
+    for cand in _plans(budget_b, cfg, schedule, precision, allow_fp8, text_len, batch, text_encoder_bytes,
+                       vae_bytes, decode):
         if cand.peak_bytes <= budget_b:
             return cand
         if best is None or cand.peak_bytes < best.peak_bytes:
@@ -246,6 +252,18 @@ def plan_memory(budget, cfg, schedule, *, precision: str = "bf16", allow_fp8: bo
     raise BudgetError(f"{schedule.name} does not fit in {fmt_gib(budget_b)} of GPU memory: the smallest plan "
                       f"needs {fmt_gib(best.peak_bytes)} (--max-memory {best.peak_bytes / GiB + 0.05:.1f}GiB; "
                       f"{best.summary().split('(')[1].rstrip(')')}){hint}")
+
+
+def smallest_plan(cfg, schedule, **kw) -> MemoryPlan:
+    """The plan with the smallest predicted peak (what ``--max-memory`` needs at least)."""
+    budget = None
+    for cand in _plans(None, cfg, schedule, kw.get("precision", "bf16"), kw.get("allow_fp8", False),
+                       kw.get("text_len", 128), kw.get("batch", 2), kw.get("text_encoder_bytes"),
+                       kw.get("vae_bytes", VAE_RELEASE_BYTES), kw.get("decode", True)):
+        if budget is None or cand.peak_bytes < budget.peak_bytes:
+            budget = cand
+    budget.budget_bytes = budget.peak_bytes
+    return budget
 
 
 def apply_plan(transformer, plan: MemoryPlan):

@@ -439,11 +439,12 @@ def decode_chunk_plan(num_latent: int, chunk: int = 2) -> list[int]:
 GPU_DECODE_CHUNK = 4
 
 
-def inference_decode(vae: "VideoVAE", z_BCThw: torch.Tensor) -> torch.Tensor:
-    """The decode that generation uses: on CUDA in GPU_DECODE_CHUNK-frame chunks, under bf16 autocast unless the
-    decoder is already in a half dtype (``half_decoder_``); on the CPU as the VAE is (fp32, default chunks)."""
+def inference_decode(vae: "VideoVAE", z_BCThw: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """The decode that generation uses: on CUDA in ``chunk`` (default GPU_DECODE_CHUNK) latent-frame chunks, under
+    bf16 autocast unless the decoder is already in a half dtype (``half_decoder_``); on the CPU as the VAE is (fp32,
+    default chunks, or ``chunk`` if given). Smaller chunks need less memory (memory budgets)."""
     cuda = z_BCThw.device.type == "cuda"
-    plan = decode_chunk_plan(z_BCThw.shape[2], GPU_DECODE_CHUNK) if cuda else None
+    plan = decode_chunk_plan(z_BCThw.shape[2], chunk or GPU_DECODE_CHUNK) if cuda or chunk else None
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and vae.decoder_dtype == torch.float32):
         return vae.decode(z_BCThw, chunk_plan=plan)
 

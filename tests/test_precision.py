@@ -113,3 +113,9 @@ def test_bench_refuses_unknown_precision():
     from faststar.bench import run_bench
     with pytest.raises(ValueError, match="unknown precision"):
         run_bench(precisions=["fp4"])
+
+
+def test_cli_bench_bad_precision_one_line(capsys):
+    assert cli_main(["bench", "--precision", "bf16,fp4"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown precision" in err and len(err.strip().splitlines()) == 1

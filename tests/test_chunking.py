@@ -108,7 +108,7 @@ def test_golden_cases_pass_chunked_with_compact_cache(golden, case, monkeypatch)
     from safetensors.torch import load_file
     inp = load_file(str(golden / case / "inputs.safetensors"))
     L = inp["text_embedding"].shape[0]
-    assert kv_resident_len(sched, L, small_step_room=0) < sched.max_kv_len(L)     # the shared buffer is used
+    assert kv_resident_len(sched, L, ) < sched.max_kv_len(L)     # the shared buffer is used
     monkeypatch.setattr(reference, "load_transformer", chunked_load)
     results = check_case(golden / case)
     bad = [r for r in results if not r["ok"]]

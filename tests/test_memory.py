@@ -26,8 +26,11 @@ def test_run_shape_of_8b():
     # the 8B blocks' linear weights: 36 x (q 4096^2 + k, v 4096 x 1024 + o 4096^2 + 3 x 4096 x 16384)
     assert s.block_linear_params == 36 * (2 * 4096 ** 2 + 2 * 4096 * 1024 + 3 * 4096 * 16384)
     assert s.max_tokens == 72000 and s.max_kv_len == 128 + 3600 + 72000
-    # resident KV: text + clip 0's last scale (the reference) + room for small steps
-    assert s.kv_resident_len == 128 + 3600 + 1024
+    # resident KV: text + clip 0's last scale (the reference of clip 1)
+    assert s.kv_resident_len == 128 + 3600
+    assert kv_resident_len(official_schedule("720p", 5), 128, small_step_room=1024) == 128 + 3600 + 1024
+    # 10 s: clip 2 references clip 1's last scale, written after clip 0's reference
+    assert kv_resident_len(official_schedule("720p", 10), 128) == official_schedule("720p", 10).max_kv_len(128)
 
 
 def test_calibration_against_measured_peaks():

@@ -404,7 +404,8 @@ class FastStarPipeline:
         te_bytes = sum(p.numel() * p.element_size() for p in self.text_encoder.parameters()) \
             if isinstance(self.text_encoder, torch.nn.Module) else 0
         vae_bytes = sum(p.numel() * p.element_size() for p in self.vae.parameters())
-        return plan_memory(self.max_memory, self.transformer.cfg, schedule, precision=self.precision,
+        prec = "fp8" if str(getattr(self, "precision", "bf16")).startswith("fp8") else "bf16"
+        return plan_memory(self.max_memory, self.transformer.cfg, schedule, precision=prec,
                            text_len=text_len or self.transformer.cfg.text_maxlen, text_encoder_bytes=te_bytes,
                            vae_bytes=vae_bytes, decode=decode)
 

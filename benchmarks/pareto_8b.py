@@ -1,7 +1,7 @@
 """Quality on the testbed against speed at 8B: one table and one Pareto plot per method family.
 
-    python benchmarks/pareto_8b.py --eval benchmarks/results/testbed_sweep2.json [--eval more.json ...] \
-        --bench benchmarks/results/grid_720p.json [--bench more.json ...] --out benchmarks/results/pareto_8b
+    python benchmarks/pareto_8b.py --eval benchmarks/results/testbed_v2_session9.json [--eval more.json ...] \
+        --bench benchmarks/results/timing_s14.json [--bench more.json ...] --out benchmarks/results/pareto_8b_s14
 
 Quality (PSNR / SSIM against dense of the same seed) comes from `faststar eval` runs on the testbed; speed is the
 end-to-end speedup (transformer + VAE decode) of the same configuration at 8B / 720p 5 s from `faststar bench`.

@@ -22,7 +22,7 @@ CALL=${1:?usage: device_memory_fp8.sh 1|2|3 [--dry-run]}
 shift
 EXTRA="$*"
 if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=src:/tmp/site
   # torchao must quantize and run a float8 matmul with this torch; else the fallback version
   if ! python3 -c "
@@ -34,7 +34,7 @@ print('torchao ok', m(torch.randn(64, 256, device='cuda', dtype=torch.bfloat16))
     if ls .whl/alt/torchao-*.whl >/dev/null 2>&1; then
       echo "torchao from .whl failed with this torch; trying .whl/alt" | tee -a "$OUT/log.txt"
       rm -rf /tmp/site/torchao /tmp/site/torchao-*
-      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/alt/*.whl
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/alt/*.whl
     fi
   fi
 fi

@@ -150,3 +150,20 @@ def test_presets_with_chunking_and_compact_cache(method):
     m.set_chunking(0)
     assert b.summary()["tokens_run"] < b.summary()["tokens_dense"]        # the preset really pruned
     assert torch.equal(a.latent, b.latent)
+
+
+def test_lean_decode_plan_same_video():
+    """The VAE decode in budget plans: the image frame alone, then 1 or 2 latent frames per chunk; the causal
+    caches carry across chunks, so the video equals the default chunking's (fp32 CPU: to rounding)."""
+    from faststar.bench import build_random_vae
+    from faststar.testbed.config import testbed_vae_config
+    from faststar.vae.model import decode_chunk_plan, inference_decode, lean_decode_plan
+    assert lean_decode_plan(21, 1) == [1] * 21 and lean_decode_plan(21, 4) == [1, 4, 4, 4, 4, 4]
+    assert lean_decode_plan(6, 2) == [1, 2, 2, 1] and sum(lean_decode_plan(6, 2)) == 6
+    torch.manual_seed(0)
+    vae = build_random_vae("cpu", 0, cfg=testbed_vae_config())
+    z = torch.randn(1, 64, 5, 4, 6) * 0.3
+    ref = vae.decode(z, chunk_plan=decode_chunk_plan(5, 2))
+    for chunk in (1, 2):
+        out = inference_decode(vae, z, chunk=chunk, lean=True)
+        assert out.shape == ref.shape and (out - ref).abs().max().item() < 1e-5

@@ -122,7 +122,7 @@ def plan_kinds(acc, schedule, model_cfg) -> set:
 
 
 def time_one(model, schedule, text, *, seed: int, accelerator=None, guidance=GuidanceConfig(),
-             vae=None, decode_chunk: int | None = None) -> dict:
+             vae=None, decode_chunk: int | None = None, decode_lean: bool = False) -> dict:
     dev = model.device
     torch.cuda.synchronize(dev)
     torch.cuda.reset_peak_memory_stats(dev)
@@ -140,7 +140,7 @@ def time_one(model, schedule, text, *, seed: int, accelerator=None, guidance=Gui
     if vae is not None:
         torch.cuda.synchronize(dev)
         t1 = time.perf_counter()
-        video = inference_decode(vae, out.latent.to(dev), chunk=decode_chunk)
+        video = inference_decode(vae, out.latent.to(dev), chunk=decode_chunk, lean=decode_lean)
         torch.cuda.synchronize(dev)
         res["vae_decode_s"] = time.perf_counter() - t1
         res["frames"] = int(video.shape[2])
@@ -215,9 +215,10 @@ def _bench_precision(model, prec, report, bf16_dense, resolutions, duration, met
             model.release_cache()
             log(f"[{res_name}] {plan.summary()}")
         dchunk = plan.decode_chunk if plan is not None else None
+        dlean = plan is not None and plan.decode_lean
         if warmup:
             t = time.perf_counter()
-            time_one(model, schedule, text, seed=seed, vae=vae, decode_chunk=dchunk)
+            time_one(model, schedule, text, seed=seed, vae=vae, decode_chunk=dchunk, decode_lean=dlean)
             log(f"[{res_name}] warm-up run {time.perf_counter() - t:.1f}s")
         dense_time = None
         seen: set = {"dense"}
@@ -232,7 +233,8 @@ def _bench_precision(model, prec, report, bf16_dense, resolutions, duration, met
                 time_one(model, schedule, text, seed=seed, accelerator=acc)
                 warmed = True
             seen |= kinds
-            r = time_one(model, schedule, text, seed=seed, accelerator=acc, vae=vae, decode_chunk=dchunk)
+            r = time_one(model, schedule, text, seed=seed, accelerator=acc, vae=vae, decode_chunk=dchunk,
+                         decode_lean=dlean)
             r.update(resolution=res_name, duration=duration, method=m, flop_model_total=fl["total"],
                      own_warmup=warmed, accelerator=acc.describe() if acc is not None else None, precision=prec,
                      memory_plan=plan.describe() if plan is not None else None)

@@ -35,7 +35,11 @@ GiB = 2 ** 30
 # compiled kernels, taken as fixed. Check: 480p after 720p (the 720p cache is reused) 48.3 GiB measured.
 FIXED_OVERHEAD_BYTES = int(1.3 * GiB)
 VAE_RELEASE_BYTES = int(0.45 * GiB)      # release VAE: encoder fp32, decoder bf16 (half_decoder_)
-VAE_DECODE_BYTES_PER_LATENT_FRAME_720P = 3.3 * GiB      # bf16 decoder: 10.0 GiB (3-frame first chunk), 16.6 (5)
+# VAE decode at 720p, bf16 decoder (RESULTS section 10, notebook): 10.0 GiB peak with 2-latent-frame chunks (first
+# chunk 3 latent = 9 pixel frames), 16.6 GiB with 4 (17 pixel frames), 7.6 GiB at 480p with 4: a line of
+# 2.1 GiB + 0.825 GiB per pixel frame of the biggest chunk (+ 0.45 GiB of weights), scaled by the latent area.
+VAE_DECODE_FIXED_720P = 2.1 * GiB
+VAE_DECODE_PER_PIXEL_FRAME_720P = 0.825 * GiB
 T5_XL_ENCODER_PARAMS = 1_220_000_000                    # flan-t5-xl encoder (the release's text encoder)
 # GB and GiB both mean 2^30 here: a card sold as "24 GB" holds 24 GiB (an RTX 4090: 24,564 MiB)
 SIZES = {"B": 1, "KB": 2 ** 10, "MB": 2 ** 20, "GB": 2 ** 30, "TB": 2 ** 40,
@@ -135,6 +139,7 @@ class MemoryPlan:
     compact_kv: bool = False
     text_on_gpu: bool = True
     decode_chunk: int = 4            # latent frames per VAE decode chunk (GPU_DECODE_CHUNK is 4)
+    decode_lean: bool = False        # the image frame decoded alone first (vae.model.lean_decode_plan)
     offload_for_decode: bool = False  # the transformer's weights leave the GPU while the VAE decodes
     budget_bytes: int | None = None
     phases: dict = field(default_factory=dict)   # phase -> predicted peak bytes
@@ -159,7 +164,7 @@ class MemoryPlan:
             bits.append(f"attention in {self.attn_pieces} pieces")
         bits.append("compact KV" if self.compact_kv else "full KV")
         bits.append("text encoder on GPU" if self.text_on_gpu else "text encoder on CPU")
-        bits.append(f"decode {self.decode_chunk}-frame chunks")
+        bits.append(f"decode {self.decode_chunk}-frame chunks" + (", image frame alone" if self.decode_lean else ""))
         if self.offload_for_decode:
             bits.append("transformer off the GPU during decode")
         budget = f" of {fmt_gib(self.budget_bytes)}" if self.budget_bytes else ""
@@ -197,11 +202,17 @@ def estimate(shape: RunShape, plan: MemoryPlan, *, text_encoder_bytes: int = 0, 
         acts = tokens + 4 * row + B * N * 3 * M * bf + row
     gen = weights + kv + acts + sampling + overhead
     text = weights + overhead + (text_encoder_bytes if plan.text_on_gpu else 0)
-    # the VAE decode: first chunk has chunk + 1 latent frames (decode_chunk_plan), activations scale with area
+    # the VAE decode: the biggest chunk's pixel frames (decode_chunk_plan's first chunk holds the image frame and
+    # chunk + (T' - 1) % chunk more; lean_decode_plan's chunks hold chunk latent frames), scaled by the area
     h, w = s.latent_hw
     area = (h * w) / (45 * 80)
-    first = min(s.latent_frames, plan.decode_chunk + 1)
-    dec_act = int(VAE_DECODE_BYTES_PER_LATENT_FRAME_720P * area * first)
+    T, c = s.latent_frames, plan.decode_chunk
+    if plan.decode_lean:
+        pixel_frames = 4 * min(c, max(T - 1, 0)) or 1
+    else:
+        first = min(T, c + 1 + (T - 1) % c)
+        pixel_frames = 1 + 4 * (first - 1)
+    dec_act = int((VAE_DECODE_FIXED_720P + VAE_DECODE_PER_PIXEL_FRAME_720P * pixel_frames) * area)
     resident = 0 if plan.offload_for_decode else weights + kv
     dec = resident + vae_bytes + dec_act + overhead if decode else 0
     plan.phases = {"text": text, "generate": gen}
@@ -218,12 +229,13 @@ def candidate_plans(allow_fp8: bool, precision: str, max_tokens: int):
     """Plans from fastest to leanest (the planner takes the first that fits)."""
     precisions = ["bf16", "fp8"] if allow_fp8 else [precision]
     chunks = [0] + [c for c in (16384, 8192, 4096, 2048, 1024) if c < max_tokens]
-    for prec, offload, pieces, chunk, text_gpu, dec, compact in itertools.product(
-            precisions, (False, True), (1, 2, 4), chunks, (True, False), (4, 2, 1), (False, True)):
+    decodes = ((4, False), (2, False), (2, True), (1, True))
+    for prec, offload, pieces, chunk, text_gpu, (dec, lean), compact in itertools.product(
+            precisions, (False, True), (1, 2, 4), chunks, (True, False), decodes, (False, True)):
         if pieces > 1 and not chunk:
             continue
         yield MemoryPlan(precision=prec, chunk_tokens=chunk, attn_pieces=pieces, compact_kv=compact,
-                         text_on_gpu=text_gpu, decode_chunk=dec, offload_for_decode=offload)
+                         text_on_gpu=text_gpu, decode_chunk=dec, decode_lean=lean, offload_for_decode=offload)
 
 
 def _plans(budget_b, cfg, schedule, precision, allow_fp8, text_len, batch, text_encoder_bytes, vae_bytes, decode):

@@ -527,7 +527,8 @@ class FastStarPipeline:
             t = time.perf_counter()
             if plan is not None and plan.offload_for_decode:
                 self._set_transformer_device("cpu")
-            frames = self.decode(out.latent, chunk=plan.decode_chunk if plan is not None else None)
+            frames = self.decode(out.latent, chunk=plan.decode_chunk if plan is not None else None,
+                                 lean=plan is not None and plan.decode_lean)
             timings["vae_decode_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t_all
         summary = out.summary()
@@ -543,9 +544,10 @@ class FastStarPipeline:
                            summary=summary)
 
     @torch.no_grad()
-    def decode(self, latent: torch.Tensor, chunk: int | None = None) -> np.ndarray:
-        """Latent -> uint8 frames; ``chunk``: latent frames per decoder chunk on a GPU (default 4). With a memory
-        budget the VAE comes to the GPU for the decode only."""
+    def decode(self, latent: torch.Tensor, chunk: int | None = None, lean: bool = False) -> np.ndarray:
+        """Latent -> uint8 frames; ``chunk``: latent frames per decoder chunk on a GPU (default 4), ``lean``: the
+        image frame alone first (same video, less memory). With a memory budget the VAE comes to the GPU for the
+        decode only."""
         from .io import to_uint8
         from .vae.model import inference_decode
         dev = self.device
@@ -553,7 +555,7 @@ class FastStarPipeline:
         try:
             if visiting:
                 self._place(self.vae, dev)
-            video = inference_decode(self.vae, latent.to(dev).float(), chunk=chunk)
+            video = inference_decode(self.vae, latent.to(dev).float(), chunk=chunk, lean=lean)
         except torch.cuda.OutOfMemoryError as e:
             raise RuntimeError(f"CUDA out of memory in the VAE decode ({e}); free GPU memory and retry") from e
         finally:

@@ -46,8 +46,11 @@ case "$CALL" in
   1) $B --part engine --precision bf16 --baseline --lean --budget 24GB 2>&1 | tee -a "$OUT/log.txt" ;;
   2) $B --part engine --precision fp8 --lean --budget 16GB 2>&1 | tee -a "$OUT/log.txt"
      $B --part modes --res 480p --budget 16GB 2>&1 | tee -a "$OUT/log.txt" ;;
-  3) $B --part fraction --precision bf16 --fraction-gib 24 --res 720p 2>&1 | tee -a "$OUT/log.txt"
-     $B --part fraction --precision fp8 --fraction-gib 16 --res 720p 2>&1 | tee -a "$OUT/log.txt"
+  3) # the caps: each in its own process (a fraction stays set); expandable segments keep fragmentation low
+     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True \
+       $B --part fraction --precision bf16 --fraction-gib 24 --res 720p 2>&1 | tee -a "$OUT/log.txt"
+     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True \
+       $B --part fraction --precision fp8 --fraction-gib 16 --res 720p 2>&1 | tee -a "$OUT/log.txt"
      $B --part logits --res 720p 2>&1 | tee -a "$OUT/log.txt"
      $B --part fp8attn --res 720p,480p --methods dense,faststar:balanced,faststar:fast --budget 16GB 2>&1 \
        | tee -a "$OUT/log.txt" ;;

@@ -8,7 +8,10 @@
 #                 python3 -m pip download (same flags) -d .whl/alt torchao==0.16.0     # fallback for an older torch
 #   device:       bash benchmarks/device_memory_fp8.sh 1     (carry .whl)   bf16: today's engine + planned, presets
 #                 bash benchmarks/device_memory_fp8.sh 2     (carry .whl)   fp8: presets, FP8 modes
-#                 bash benchmarks/device_memory_fp8.sh 3     (carry .whl)   memory caps, logit error, FP8 attention
+#                 bash benchmarks/device_memory_fp8.sh 3     (carry .whl, .carry)   memory caps, logit error, FP8
+#                                                            attention, testbed FP8 quality
+#   .carry/minilm_eval6.safetensors (here): faststar.text.save_embeddings(load_text_encoder("minilm"), the first 6
+#                 prompts of src/faststar/data/eval_prompts.jsonl, ".carry/minilm_eval6.safetensors")
 #
 # Each call writes $OUT/<part>.json, $OUT/table.md (this call's rows) and $OUT/log.txt. Merge the JSONs of the
 # three calls into one table here: python3 benchmarks/memory_fp8.py --part table --out-dir <folder with all JSONs>.
@@ -52,6 +55,7 @@ case "$CALL" in
      PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True \
        $B --part fraction --precision fp8 --fraction-gib 16 --res 720p 2>&1 | tee -a "$OUT/log.txt"
      $B --part logits --res 720p 2>&1 | tee -a "$OUT/log.txt"
+     $B --part testbed 2>&1 | tee -a "$OUT/log.txt"
      $B --part fp8attn --res 720p,480p --methods dense,faststar:balanced,faststar:fast --budget 16GB 2>&1 \
        | tee -a "$OUT/log.txt" ;;
   *) echo "call must be 1, 2 or 3"; exit 2 ;;

@@ -9,6 +9,7 @@ transformer, the release VAE, all random weights), timed and its peak GPU memory
               budget: completes or not (run it in its own process: the cap stays for the process)
     logits    FP8 (and FP8 attention) logits against bf16 on the first steps (clip 0, teacher-forced), 8B model
     fp8attn   dense with FP8 weights + fa3 FP8 attention
+    testbed   FP8 on the testbed model: PSNR / latent error against bf16 dense, beside the `quality` preset
     table     merge every JSON in --out-dir into one markdown table
 
     PYTHONPATH=src python3 benchmarks/memory_fp8.py --part engine --precision bf16 --baseline --out-dir $OUT
@@ -327,6 +328,49 @@ def part_fp8attn(args):
     return report
 
 
+def part_testbed(args):
+    """FP8 on the testbed: 6 prompts x --seeds, fp8 dense (and the `quality` preset in bf16) against bf16 dense of
+    the same seed: pixel PSNR (uint8 frames) and the latent's relative L2 error. Text from cached MiniLM
+    embeddings (--text-cache, made here with faststar.text.save_embeddings: the device has no MiniLM)."""
+    import json as _json
+    import faststar
+    from faststar.metrics import psnr
+    from faststar.text import load_text_encoder
+    dev = args.device
+    te = load_text_encoder(f"cached:{args.text_cache}")
+    prompts = te.prompts[: args.videos] if args.dry_run else te.prompts
+    seeds = range(1 if args.dry_run else args.seeds)
+    mode = "weight_only" if args.dry_run else args.fp8_mode
+    bf = FastStarPipeline.from_pretrained(device=dev, text_encoder=te)
+    f8 = FastStarPipeline.from_pretrained(device=dev, text_encoder=te, fp8_mode=mode,
+                                          precision="fp8" if not args.dry_run else "bf16")
+    if args.dry_run:                                 # CPU: weight-only FP8 (dynamic needs a GPU)
+        from faststar.precision import quantize_fp8_
+        quantize_fp8_(f8.transformer, mode="weight_only")
+    report = dict(_env(args), fp8_mode=mode, videos=[])
+    for p in prompts:
+        for seed in seeds:
+            ref = bf(p, seed=seed, progress=False)
+            row = dict(prompt=p, seed=seed)
+            out = f8(p, seed=seed, progress=False)
+            row["fp8_psnr"] = psnr(ref.frames, out.frames)
+            row["fp8_latent_rel_l2"] = ((out.latent - ref.latent).norm() / ref.latent.norm()).item()
+            faststar.apply(bf, "faststar", "quality")
+            q = bf(p, seed=seed, progress=False)
+            faststar.remove(bf)
+            row["quality_psnr"] = psnr(ref.frames, q.frames)
+            row["quality_latent_rel_l2"] = ((q.latent - ref.latent).norm() / ref.latent.norm()).item()
+            report["videos"].append(row)
+            print(_json.dumps(row), flush=True)
+            _write(args, "testbed", report)
+    v = report["videos"]
+    for k in ("fp8_psnr", "quality_psnr", "fp8_latent_rel_l2", "quality_latent_rel_l2"):
+        fin = [r[k] for r in v if r[k] != float("inf")]
+        report[f"mean_{k}"] = sum(fin) / len(fin) if fin else float("inf")
+        report[f"min_{k}" if "psnr" in k else f"max_{k}"] = (min if "psnr" in k else max)(r[k] for r in v)
+    return report
+
+
 def part_table(args):
     runs, extra = [], []
     for f in sorted(Path(args.out_dir).glob("*.json")):
@@ -337,6 +381,11 @@ def part_table(args):
             for tag, c in d["comparisons"].items():
                 extra.append(f"| {tag} | {c['max_abs']:.4g} | {c['mean_abs']:.4g} | {c['mean_rel_l2']:.4g} | "
                              f"{c['ref_abs_mean']:.4g} |")
+        if "mean_fp8_psnr" in d:
+            extra.append(f"| testbed, {len(d['videos'])} videos: fp8 ({d['fp8_mode']}) vs bf16 dense | PSNR "
+                         f"{d['mean_fp8_psnr']:.2f} dB (min {d['min_fp8_psnr']:.2f}) | latent rel L2 "
+                         f"{d['mean_fp8_latent_rel_l2']:.4f} | quality preset: {d['mean_quality_psnr']:.2f} dB | "
+                         f"{d['mean_quality_latent_rel_l2']:.4f} |")
         if "completed" in d:
             extra.append(f"| cap {d['fraction_gib']} GiB, {d['precision']} | completed: {d['completed']} | | | |")
     base = {(r["resolution"]): r for r in runs if r.get("engine") == "unchunked (today)" and "total_s" in r}
@@ -370,7 +419,11 @@ def part_table(args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", required=True, choices=["engine", "modes", "fraction", "logits", "fp8attn", "table"])
+    ap.add_argument("--part", required=True,
+                    choices=["engine", "modes", "fraction", "logits", "fp8attn", "testbed", "table"])
+    ap.add_argument("--text-cache", default=".carry/minilm_eval6.safetensors")
+    ap.add_argument("--seeds", type=int, default=6)
+    ap.add_argument("--videos", type=int, default=2, help="dry run: prompts used")
     ap.add_argument("--out-dir", default="out/memory_fp8")
     ap.add_argument("--precision", default="bf16", choices=["bf16", "fp8"])
     ap.add_argument("--fp8-mode", default="dynamic", choices=["dynamic", "weight_only"])
@@ -391,7 +444,7 @@ def main():
     if args.part != "table" and args.device == "cuda":
         print(torch.cuda.get_device_name(), torch.__version__, flush=True)
     fn = dict(engine=part_engine, modes=part_modes, fraction=part_fraction, logits=part_logits,
-              fp8attn=part_fp8attn, table=part_table)[args.part]
+              fp8attn=part_fp8attn, testbed=part_testbed, table=part_table)[args.part]
     t = time.perf_counter()
     report = fn(args)
     if report is not None:

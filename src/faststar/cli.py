@@ -35,7 +35,8 @@ def _load_pipe(a):
     from .pipeline import FastStarPipeline
     return FastStarPipeline.from_pretrained(a.model_dir, resolution=a.resolution or "720p", device=a.device,
                                             dtype=a.dtype, attention=a.attention, text_encoder=a.text_encoder,
-                                            revision=getattr(a, "revision", None))
+                                            revision=getattr(a, "revision", None), precision=getattr(a, "precision", "bf16"),
+                                            max_memory=getattr(a, "max_memory", None))
 
 
 def _cmd_generate(a) -> int:
@@ -68,6 +69,10 @@ def _cmd_generate(a) -> int:
     print("time: " + ", ".join(f"{k[:-2]} {v:.2f}s" for k, v in t.items()))
     s = out.summary
     print(f"tokens run {s['tokens_run']:,} of {s['tokens_dense']:,}; FLOP-model speedup {s['flop_speedup']:.2f}x")
+    if "peak_gpu_gib" in s:
+        plan = s.get("memory_plan")
+        print(f"peak GPU memory {s['peak_gpu_gib']:.1f} GiB (text, transformer, decode; {s['precision']})"
+              + (f", planned {plan['peak_gib']:.1f} GiB" if plan else ""))
     return 0
 
 
@@ -129,7 +134,8 @@ def _cmd_serve(a) -> int:
 def _cmd_bench(a) -> int:
     from .bench import run_bench
     run_bench(resolutions=a.res.split(","), duration=a.duration, methods=a.methods.split(","), preset=a.preset,
-              backend=a.attention, with_vae=a.vae, out_json=a.out, warmup=a.warmup)
+              backend=a.attention, with_vae=a.vae, out_json=a.out, warmup=a.warmup,
+              precisions=a.precision.split(","), max_memory=a.max_memory, fp8_mode=a.fp8_mode)
     return 0
 
 
@@ -188,7 +194,11 @@ def build_parser(model_dir=None, describe_sizes: bool = True) -> argparse.Argume
     g.add_argument("--mkdir", action="store_true", help="create the output's folder if it does not exist")
     g.add_argument("--device", default="auto")
     g.add_argument("--dtype", default=None, help="bf16 (GPU default) or fp32 (CPU default)")
-    g.add_argument("--attention", default="auto", help="auto, sdpa or fa3")
+    g.add_argument("--attention", default="auto", help="auto, sdpa, fa3 or fp8 (fa3's FP8 forward where available)")
+    g.add_argument("--precision", default="bf16", choices=["bf16", "fp8", "auto"],
+                   help="transformer weights: bf16, fp8 (torchao float8, GPUs of compute capability >= 8.9) or auto")
+    g.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="GPU memory budget, e.g. 24GB: chunking and placement are planned to fit, or it fails first")
     g.add_argument("--text-encoder", default=None,
                    help="override the text encoder: t5:<folder>, minilm, cached:<file.safetensors>")
     g.add_argument("--accel", default=None,
@@ -232,6 +242,10 @@ def build_parser(model_dir=None, describe_sizes: bool = True) -> argparse.Argume
     b.add_argument("--warmup", default="all", choices=["all", "new"],
                    help="warm up every method before timing it, or only one that brings a new kind of step")
     b.add_argument("--out", default="bench.json")
+    b.add_argument("--precision", default="bf16", help="comma list of bf16, fp8: each timed in the same run")
+    b.add_argument("--fp8-mode", default="dynamic", choices=["dynamic", "weight_only"])
+    b.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="plan chunking / KV layout for this budget (memory planner) instead of the unchunked engine")
     b.set_defaults(fn=_cmd_bench)
 
     d = sub.add_parser("demo", help="generate sample videos with the embedded testbed, dense and FastSTAR")

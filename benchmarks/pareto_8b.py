@@ -3,7 +3,9 @@
     python benchmarks/pareto_8b.py --eval benchmarks/results/testbed_v2_session9.json [--eval more.json ...] \
         --bench benchmarks/results/timing_s14.json [--bench more.json ...] --out benchmarks/results/pareto_8b_s14
 
-Quality (PSNR / SSIM against dense of the same seed) comes from `faststar eval` runs on the testbed; speed is the
+Quality (PSNR / SSIM against dense of the same seed, and the detail measures latent PSNR, detail retention and
+latent detail retention where the eval run has them) comes from `faststar eval` runs on the testbed; `--metric`
+picks the plot's quality axis (default psnr). Speed is the
 end-to-end speedup (transformer + VAE decode) of the same configuration at 8B / 720p 5 s from `faststar bench`.
 Each configuration's speed is, in this order of preference:
   measured  - the configuration itself was timed in a bench run (the first --bench that timed it; each run's
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from faststar.accel import accelerator_from_record, flop_plan
+from faststar.eval import METRICS
 from faststar.eval import _family as eval_family
 from faststar.eval import load_results
 from faststar.schedule import official_schedule
@@ -119,7 +122,9 @@ def main(argv=None):
                          "runs, with the first file's dense step times)")
     ap.add_argument("--res", default="720p")
     ap.add_argument("--out", required=True, help="output stem: writes <out>.md, <out>.png, <out>.json")
+    ap.add_argument("--metric", default="psnr", choices=sorted(METRICS), help="quality axis of the plot")
     a = ap.parse_args(argv)
+    metric = a.metric
     benches = [json.loads(Path(b).read_text()) for b in a.bench]
     pooled = dict(benches[0], runs=benches[0]["runs"] + [r for b in benches[1:] for r in b["runs"]
                                                          if r["method"] != "dense"])
@@ -132,7 +137,7 @@ def main(argv=None):
     floors = []
     for path in a.eval:
         res = load_results(path)
-        floors.append(res["noise_floor"]["psnr"])
+        floors.append(res["noise_floor"].get(metric))
         for r in res["summary"]:
             m = r["method"]
             acc = accelerator_from_record(r.get("accelerator"))
@@ -148,6 +153,8 @@ def main(argv=None):
                 sp, how = predicted, "predicted"
             rows.append(dict(method=m, family=family(m, r.get("accelerator", {})), psnr=r["psnr"],
                              psnr_min=r["psnr_min"], ssim=r["ssim"], n=r["n"], testbed_flop_speedup=r["flop_speedup"],
+                             latent_psnr=r.get("latent_psnr"), detail_retention=r.get("detail_retention"),
+                             latent_detail_retention=r.get("latent_detail_retention"),
                              speedup_8b=sp, speed_source=how, predicted_8b=predicted,
                              accelerator=r.get("accelerator"), eval=Path(path).stem, eval_device=res["device"],
                              seeds=res["seeds"]))
@@ -157,13 +164,17 @@ def main(argv=None):
     out.with_suffix(".json").write_text(json.dumps(dict(bench=a.bench, evals=a.eval, noise_floor=floors,
                                                         latency_model=list(map(float, model.coef)), rows=rows),
                                                    indent=1))
-    lines = ["| family | configuration (as run) | knobs | testbed PSNR dB | min | SSIM | videos | eval run | 8B e2e "
-             "speedup | speed from |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| family | configuration (as run) | knobs | testbed PSNR dB | min | SSIM | latent PSNR dB | detail ret. "
+             "| latent detail ret. | videos | eval run | 8B e2e speedup | speed from |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def fmt(v, d=2):
+        return "-" if v is None else f"{v:.{d}f}"
     for r in rows:
         lines.append(f"| {r['family']} | `{r['method']}` | {knobs(r['accelerator'])} | {r['psnr']:.2f} | "
-                     f"{r['psnr_min']:.2f} | {r['ssim']:.3f} | {r['n']} | {r['eval']} ({r['eval_device']}) | "
-                     f"{r['speedup_8b']:.2f}x | {r['speed_source']} |")
+                     f"{r['psnr_min']:.2f} | {r['ssim']:.3f} | {fmt(r['latent_psnr'])} | "
+                     f"{fmt(r['detail_retention'])} | {fmt(r['latent_detail_retention'])} | {r['n']} | "
+                     f"{r['eval']} ({r['eval_device']}) | {r['speedup_8b']:.2f}x | {r['speed_source']} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     import matplotlib
     matplotlib.use("Agg")
@@ -172,21 +183,22 @@ def main(argv=None):
     fams = sorted({r["family"] for r in rows})
     cmap = plt.get_cmap("tab20")
     for i, f in enumerate(fams):
-        rs = sorted([r for r in rows if r["family"] == f], key=lambda r: r["speedup_8b"])
-        front = [r for r in rs if not any(q["speedup_8b"] >= r["speedup_8b"] and q["psnr"] > r["psnr"] for q in rs)]
-        ax.plot([r["speedup_8b"] for r in front], [r["psnr"] for r in front], "-", color=cmap(i % 20), lw=1.2,
+        rs = sorted([r for r in rows if r["family"] == f and r.get(metric) is not None],
+                    key=lambda r: r["speedup_8b"])
+        front = [r for r in rs if not any(q["speedup_8b"] >= r["speedup_8b"] and q[metric] > r[metric] for q in rs)]
+        ax.plot([r["speedup_8b"] for r in front], [r[metric] for r in front], "-", color=cmap(i % 20), lw=1.2,
                 alpha=0.7)
         for r in rs:
             hollow = r["speed_source"] == "predicted"
-            ax.plot(r["speedup_8b"], r["psnr"], "s" if r["eval_device"] == "cpu" else "o", color=cmap(i % 20),
+            ax.plot(r["speedup_8b"], r[metric], "s" if r["eval_device"] == "cpu" else "o", color=cmap(i % 20),
                     mfc="none" if hollow else cmap(i % 20))
         ax.plot([], [], "o-", color=cmap(i % 20), label=f)
-    for fl in sorted(set(round(f, 2) for f in floors)):
+    for fl in sorted(set(round(f, 2) for f in floors if f is not None and np.isfinite(f))):
         ax.axhline(fl, color="grey", ls=":", lw=1)
-        ax.text(ax.get_xlim()[0], fl, f" seed-to-seed floor {fl:.1f} dB", va="bottom", fontsize=7, color="grey")
+        ax.text(ax.get_xlim()[0], fl, f" seed-to-seed floor {fl:.2f}", va="bottom", fontsize=7, color="grey")
     ax.set_xlabel(f"end-to-end speedup at 8B / {a.res} 5 s on an H200 (hollow: latency-model prediction; "
                   "squares: testbed quality from a CPU eval run)")
-    ax.set_ylabel("testbed PSNR vs dense, same seed (dB)")
+    ax.set_ylabel(f"testbed {METRICS[metric]}")
     ax.set_title("Quality (testbed) vs speed (8B): every configuration, lines join each family's Pareto front")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)

@@ -69,19 +69,19 @@ def test_eval_interrupted_writes_partial_results_and_resumes(tmp_path, monkeypat
     pipe = tiny_pipe()
     prompts = [{"prompt": "a ball rolls"}]
     methods = ["faststar:balanced+keep_ratios=0.5/0.7/1.0", "random:balanced"]
-    real_run, calls = ev.Runner.run, []
+    real_run, calls = ev.Runner.run_latent, []
 
     def flaky(self, method, item, seed):
         calls.append(method)
         if len(calls) == 4:                       # dense s, dense s+1000, the first method, then Ctrl-C
             raise KeyboardInterrupt
         return real_run(self, method, item, seed)
-    monkeypatch.setattr(ev.Runner, "run", flaky)
+    monkeypatch.setattr(ev.Runner, "run_latent", flaky)
     res = ev.run_eval(pipe, tmp_path, methods, prompts, [0], progress=False)
     assert res["complete"] is False and [r["method"] for r in res["rows"]] == methods[:1]
     assert "INTERRUPTED" in (tmp_path / "results.md").read_text()
     assert len(res["noise_floor"]["per_video"]) == 1
-    monkeypatch.setattr(ev.Runner, "run", real_run)
+    monkeypatch.setattr(ev.Runner, "run_latent", real_run)
     n_runs = len(list((tmp_path / "runs").glob("*.json")))
     assert n_runs == 3
     full = ev.run_eval(pipe, tmp_path, methods, prompts, [0], progress=False)
@@ -192,3 +192,52 @@ def test_results_markdown_pairs_faststar_with_its_random_control():
     md = results_markdown(res)
     assert "| faststar:quality+anchors=0 | random:quality | 1/2 | +0.25 (0.75) |" in md
     assert "T2V PSNR" not in md and "skip:last1 | random" not in md
+
+
+def test_eval_detail_measures_on_the_tiny_model(tmp_path):
+    """Every comparison carries detail_retention, latent_detail_retention and latent_psnr, recomputable from the
+    stored frames and canvases; skipping the last scale loses finest-scale latent detail; results.md has the
+    columns and the Pareto plot takes any of the measures; an old cached run without a canvas gives None."""
+    import numpy as np
+    import pytest
+    from faststar import eval as ev
+    from faststar.metrics import detail_retention, latent_detail_retention, latent_psnr
+    pipe = tiny_pipe()
+    methods = ["skip:last1", "random:balanced"]
+    res = ev.run_eval(pipe, tmp_path, methods, [{"prompt": "a ball rolls"}], [0], progress=False)
+    sch = pipe.spec.schedule(None, None)
+    runner = ev.Runner(pipe, tmp_path)
+    _, dframes, dlat = runner.run_latent("dense", {"prompt": "a ball rolls"}, 0)
+    assert dlat.shape == (1, 64, 3, 4, 6) and dlat.dtype == np.float32
+    for r in res["rows"]:
+        _, frames, lat = runner.run_latent(r["method"], {"prompt": "a ball rolls"}, 0)
+        assert r["detail_retention"] == pytest.approx(detail_retention(frames, dframes), rel=1e-12)
+        assert r["latent_detail_retention"] == pytest.approx(latent_detail_retention(lat, dlat, sch), rel=1e-12)
+        assert r["latent_psnr"] == pytest.approx(latent_psnr(lat, dlat), rel=1e-12)
+        assert 0 < r["detail_retention"] and math.isfinite(r["latent_psnr"])
+    skip = next(r for r in res["rows"] if r["method"] == "skip:last1")
+    assert skip["latent_detail_retention"] < 1.0            # the finest grid's codes of the last clip are missing
+    for sm in res["summary"]:
+        row = next(r for r in res["rows"] if r["method"] == sm["method"])
+        for k in ("latent_psnr", "detail_retention", "latent_detail_retention"):
+            assert sm[k] == pytest.approx(row[k])            # one video: the mean is that video's value
+    for k in ("latent_psnr", "detail_retention", "latent_detail_retention"):
+        assert isinstance(res["noise_floor"][k], float)
+    md = (tmp_path / "results.md").read_text()
+    assert "| latent PSNR dB | detail ret. | latent detail ret. |" in md and "3x3 Laplacian" in md
+    assert f"| skip:last1 | {skip['psnr']:.2f} |" in md and f"{skip['latent_detail_retention']:.2f}" in md
+    for metric in ev.METRICS:
+        ev.plot_pareto(res, tmp_path / f"p_{metric}.png", metric=metric)
+        assert (tmp_path / f"p_{metric}.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="unknown metric"):
+        ev.plot_pareto(res, tmp_path / "x.png", metric="sharpness")
+    # a run cached before canvases were stored: frames only -> latent measures None, pixel ones still there
+    for f in (tmp_path / "runs").glob("*.npz"):
+        with np.load(f) as z:
+            frames = z["frames"]
+        np.savez_compressed(f, frames=frames)
+    old = ev.run_eval(pipe, tmp_path, methods, [{"prompt": "a ball rolls"}], [0], progress=False)
+    assert all(r["latent_psnr"] is None and r["latent_detail_retention"] is None for r in old["rows"])
+    assert [r["detail_retention"] for r in old["rows"]] == [r["detail_retention"] for r in res["rows"]]
+    assert all(sm["latent_psnr"] is None for sm in old["summary"])
+    assert "| - | " in (tmp_path / "results.md").read_text()

@@ -19,10 +19,10 @@ def test_the_callback_sees_every_step_in_order(tiny):
         assert info.num_scales == 5 and info.tokens == st.scale.num_tokens
         assert info.tokens_run == row["tokens_run"]
         assert info.canvas.shape == (1, 64, *sched.clip_thw[st.scale.clip])
-        assert len(info.clip_canvases) == st.scale.clip + (1 if sched.is_last_of_clip(st) else 0)
+        assert len(info.clip_canvases) == st.scale.clip                 # the clips before this one
     assert [i.elapsed_s for i in seen] == sorted(i.elapsed_s for i in seen)
     assert any(i.tokens_run < i.tokens for i in seen)
-    assert torch.equal(torch.cat(seen[-1].clip_canvases, 2), out.latent)
+    assert torch.equal(torch.cat(seen[-1].clip_canvases + [seen[-1].canvas], 2), out.latent)
     assert torch.equal(seen[4].canvas, dense.latent[:, :, :1])        # clip 0 is not pruned
 
 
@@ -77,6 +77,6 @@ def test_the_pipeline_passes_the_callback_and_decodes_what_was_made():
     pipe = tiny_pipe()
     full = pipe("a red ball", seed=3, progress=False)
     seen = []
-    out = pipe("a red ball", seed=3, progress=True, callback=lambda info: seen.append(info.step) or info.step == 3)
+    out = pipe("a red ball", seed=3, progress=True, callback_on_step_end=lambda info: seen.append(info.step) or info.step == 3)
     assert out.stopped_at == 3 and seen == [0, 1, 2, 3] and full.stopped_at is None
     assert out.frames is not None and out.latent.shape == (1, 64, 1, 4, 6)       # clip 0 only, so far

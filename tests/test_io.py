@@ -231,3 +231,80 @@ def test_contact_sheet():
     with pytest.raises(ValueError, match="frame 1"):
         contact_sheet([np.zeros((4, 6, 3), np.uint8), np.zeros((5, 6, 3), np.uint8)])
 
+
+
+def test_same_frames_give_the_same_mp4_bytes(clips, tmp_path):
+    """libx264's macroblock-tree lookahead gave different bits (and decoded pixels up to 20 levels apart) for the
+    same frames at this size; with the deterministic settings three writes are byte-identical."""
+    import hashlib
+    frames = read_video(clips / "cup.mp4", num_frames=24, size=(256, 448))
+    digests, decoded = set(), []
+    for i in range(3):
+        p = write_video(tmp_path / f"v{i}.mp4", frames)
+        digests.add(hashlib.sha256(p.read_bytes()).hexdigest())
+        decoded.append(read_video(p))
+    assert len(digests) == 1
+    assert all(np.array_equal(decoded[0], d) for d in decoded[1:])
+    assert psnr(decoded[0], frames) > 38                      # the quality stays near lossless
+    assert b"Lavf" not in (tmp_path / "v0.mp4").read_bytes()   # no library version in the file (bitexact)
+
+
+def test_disk_full_leaves_no_partial_file(cup_frames, tmp_path):
+    """A file-size limit (as `ulimit -f`) below the video's size: an OSError naming the final path, not the
+    temporary one, and nothing left in the folder (a previous file at the path is kept)."""
+    import resource
+    target = tmp_path / "clip.mp4"
+    target.write_bytes(b"previous contents")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+    try:
+        with pytest.raises(OSError) as e:
+            write_video(target, np.concatenate([cup_frames] * 4))
+        with pytest.raises(OSError, match="File too large"):
+            write_video(tmp_path / "clip.gif", cup_frames)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert e.value.strerror == f"cannot write {str(target)!r}: File too large; nothing was left there"
+    assert target.read_bytes() == b"previous contents"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+
+
+def test_check_video_path_does_not_create_folders(tmp_path):
+    from faststar.io import check_video_path
+    with pytest.raises(ValueError, match="does not exist"):
+        check_video_path(tmp_path / "a" / "b" / "v.mp4")
+    assert not (tmp_path / "a").exists()
+    assert check_video_path(tmp_path / "a" / "b" / "v.mp4", mkdir=True).parent.is_dir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is not a folder"):
+        check_video_path(tmp_path / "file" / "v.mp4", mkdir=True)
+
+
+def test_killed_writer_leaves_nothing_under_the_final_name(tmp_path):
+    """SIGKILL in the middle of an mp4 write (after the encoder has written part of the file): the final name
+    never appears; only the hidden temporary file is left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    target = tmp_path / "v.mp4"
+    code = ("import sys, time, av, numpy as np\n"
+            "from faststar.io import write_video\n"
+            "real, n = av.VideoFrame.from_ndarray, [0]\n"
+            "def slow(arr, format):\n"
+            "    n[0] += 1\n"
+            "    if n[0] == 60:\n"
+            "        print('writing', flush=True)\n"
+            "        time.sleep(60)\n"
+            "    return real(arr, format=format)\n"
+            "av.VideoFrame.from_ndarray = staticmethod(slow)\n"
+            "f = np.random.default_rng(0).integers(0, 255, (80, 64, 96, 3), dtype=np.uint8)\n"
+            "write_video(sys.argv[1], f)\n")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    p = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, env=env)
+    assert p.stdout.readline().strip() == b"writing"
+    partial = [q for q in tmp_path.iterdir()]
+    p.send_signal(signal.SIGKILL)
+    p.wait(30)
+    assert len(partial) == 1 and partial[0].name.startswith(".v.") and partial[0].stat().st_size > 0
+    assert not target.exists()

@@ -115,3 +115,84 @@ def test_ssim_properties():
         ssim(a[:, :10], b[:, :10])
     with pytest.raises(ValueError, match="channels"):
         ssim(a, b, channels="hsv")
+
+
+# -- detail-aware measures -------------------------------------------------------------------------------------
+from faststar.metrics import (detail_energy, detail_retention, finest_residual, latent_detail_energy,  # noqa: E402
+                              latent_detail_retention, latent_psnr)
+from faststar.schedule import build_schedule  # noqa: E402
+
+
+def _wave(amp=10.0, T=2, H=6, W=12, omega=math.pi / 2):
+    """Grey RGB frames (R = G = B, so luma = the value): amp * cos(omega * column) + 128."""
+    col = amp * np.cos(omega * np.arange(W))
+    f = np.broadcast_to(col[None, None, :, None], (T, H, W, 3)) + 128.0
+    return np.ascontiguousarray(f)
+
+
+def test_detail_energy_known_values():
+    # constant frames: no detail
+    assert detail_energy(np.full((2, 8, 8, 3), 77, np.uint8)) == 0.0
+    # cos(pi/2 j): the Laplacian is (2 cos w - 2) x = -2 x, the mean of cos^2 over the 10 valid columns is 1/2
+    assert detail_energy(_wave(10.0)) == pytest.approx(4 * 100 / 2, rel=1e-12)
+    # a checkerboard A (-1)^(i+j): each neighbour has the opposite sign, the Laplacian is -8 x, energy 64 A^2
+    i, j = np.meshgrid(np.arange(9), np.arange(11), indexing="ij")
+    board = (5.0 * (-1.0) ** (i + j))[None, :, :, None]
+    assert detail_energy(board) == pytest.approx(64 * 25, rel=1e-12)
+    # luma weights: a pure-green checkerboard has 0.587^2 of the grey one's energy
+    rgb = np.zeros((1, 9, 11, 3))
+    rgb[..., 1] = board[..., 0]
+    assert detail_energy(rgb) == pytest.approx(0.587 ** 2 * 64 * 25, rel=1e-12)
+    # uint8 numpy and torch agree
+    u = _wave(40.0).round().astype(np.uint8)
+    assert detail_energy(torch.from_numpy(u)) == detail_energy(u)
+
+
+def test_detail_retention_blur_lowers_it_by_the_filter_response():
+    """A horizontal blur [a, 1 - 2a, a] (circular over 3 periods, so the wave stays a wave) scales cos(w j) by 1 - 2a + 2a cos w:
+    at w = pi/2 the retention is exactly (1 - 2a)^2."""
+    x = _wave(30.0)
+    assert detail_retention(x, x) == 1.0
+    for a in (0.1, 0.25):
+        blur = (1 - 2 * a) * x + a * (np.roll(x, 1, axis=2) + np.roll(x, -1, axis=2))
+        assert detail_retention(blur, x) == pytest.approx((1 - 2 * a) ** 2, rel=1e-12)
+    # added detail gives more than 1; a shift of the same content (another sample, as detailed) gives 1
+    assert detail_retention(_wave(60.0), x) == pytest.approx(4.0, rel=1e-12)
+    assert detail_retention(np.roll(x, 1, axis=2), x) == pytest.approx(1.0, rel=1e-12)
+    with pytest.raises(ValueError, match="shapes differ"):
+        detail_retention(x, x[:1])
+
+
+def _tiny_schedule():
+    return build_schedule([(1, 1), (2, 2), (4, 4)], [1, 2], image_reps=[1, 1, 1], video_reps=[1, 1, 1],
+                          semantic_scales=1)
+
+
+def _checker_canvas(amp, base=0.3, T=3, H=4, W=4, C=64):
+    i, j = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
+    z = np.broadcast_to(amp * (-1.0) ** (i + j), (1, C, T, H, W)) + base
+    return torch.tensor(np.ascontiguousarray(z))
+
+
+def test_latent_detail_energy_known_values():
+    sch = _tiny_schedule()
+    # a constant canvas is all coarse: down to 2x2 and back up gives it back, no finest-scale residual
+    assert latent_detail_energy(torch.full((1, 64, 3, 4, 4), 0.7), sch) == pytest.approx(0.0, abs=1e-24)
+    # a 4x4 checkerboard averages to zero on every 2x2 cell: the residual is the checkerboard itself
+    z = _checker_canvas(0.2)
+    r = finest_residual(z, sch)
+    assert torch.allclose(r, z - 0.3, atol=1e-15)
+    assert latent_detail_energy(z, sch) == pytest.approx(0.04, rel=1e-12)
+    assert latent_detail_retention(_checker_canvas(0.1), z, sch) == pytest.approx(0.25, rel=1e-12)
+    assert latent_detail_retention(z, z, sch) == 1.0
+    with pytest.raises(ValueError, match="latent frames"):
+        latent_detail_energy(z[:, :, :2], sch)
+
+
+def test_latent_psnr_known_values():
+    z = _checker_canvas(0.2)                           # range 0.1 .. 0.5: peak 0.4
+    assert latent_psnr(z, z) == float("inf")
+    assert latent_psnr(z + 0.004, z) == pytest.approx(20 * math.log10(0.4 / 0.004), rel=1e-9)   # 40 dB
+    assert latent_psnr(z.numpy(), z.numpy() - 0.04) == pytest.approx(20.0, rel=1e-9)
+    with pytest.raises(ValueError, match="canvas shapes differ"):
+        latent_psnr(z, z[:, :, :2])

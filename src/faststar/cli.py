@@ -1,4 +1,4 @@
-"""Command line: faststar generate | demo | inspect | check-reference | bench | eval.
+"""Command line: faststar generate | serve | demo | inspect | check-reference | bench | eval.
 
 Flags map one to one onto pipeline / config fields; the logic lives in the library.
 """
@@ -34,102 +34,69 @@ def _cmd_check_reference(a) -> int:
 def _load_pipe(a, device=None):
     from .pipeline import FastStarPipeline
     return FastStarPipeline.from_pretrained(a.model_dir, resolution=a.resolution or "720p", device=device or a.device,
-                                            dtype=a.dtype, attention=a.attention, text_encoder=a.text_encoder)
-
-
-def _accelerator(a):
-    """The accelerator that ``--accel`` / ``--preset`` name, built before any model loads (a typo fails at once).
-    ``--accel`` takes a method (``faststar``) or a whole method string as ``faststar eval`` does
-    (``faststar:quality+anchors=0``); ``--preset`` names the preset of a bare method. None for dense."""
-    from . import accel
-    if not a.accel:
-        if a.preset:
-            raise ValueError(f"--preset {a.preset!r} needs --accel (for example --accel faststar)")
-        return None
-    if a.accel == "dense" and not a.preset:
-        return None
-    try:
-        return accel.make_accelerator(a.accel, a.preset)
-    except TypeError as e:            # unknown knob names
-        raise ValueError(str(e)) from None
+                                            dtype=a.dtype, attention=a.attention, text_encoder=a.text_encoder,
+                                            revision=getattr(a, "revision", None), precision=getattr(a, "precision", "bf16"),
+                                            max_memory=getattr(a, "max_memory", None))
 
 
 def _cmd_generate_batch(a) -> int:
-    """``--prompts FILE --out-dir DIR``: faststar.batch does the work (checks every line before loading)."""
+    """``--prompts FILE --out-dir DIR``: faststar.batch does the work (it checks every line before loading)."""
     from .batch import run_batch
-    if getattr(a, "parallel", None):
-        print("error: --parallel splits one video; a batch (--prompts) splits its lines over the ranks instead",
-              file=sys.stderr)
-        return 2
+    from .errors import UserError
+    if a.parallel:
+        raise UserError("--parallel splits one video; a batch (--prompts) splits its lines over the ranks instead")
     if a.prompt or a.image or a.video:
-        print("error: --prompts takes the prompts (and images) from its file; drop --prompt/--image/--video",
-              file=sys.stderr)
-        return 2
+        raise UserError("--prompts takes the prompts (and images) from its file; drop --prompt/--image/--video")
     if not a.out_dir:
-        print("error: --prompts needs --out-dir", file=sys.stderr)
-        return 2
+        raise UserError("--prompts needs --out-dir")
 
     def load(device):
-        from .pipeline import FastStarPipeline
-        return FastStarPipeline.from_pretrained(a.model_dir, resolution=a.resolution or "720p", device=device,
-                                                dtype=a.dtype, attention=a.attention, text_encoder=a.text_encoder)
-    try:
-        r = run_batch(a.prompts, a.out_dir, load_pipe=load, device=a.device, progress=not a.quiet,
-                      generate_kwargs=dict(duration=a.duration, resolution=a.resolution))
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        with _progress_bars(not a.quiet):
+            return _load_pipe(a, device)
+    r = run_batch(a.prompts, a.out_dir, load_pipe=load, device=a.device, progress=not a.quiet,
+                  generate_kwargs=dict(duration=a.duration, resolution=a.resolution))
     if r["rank"] == 0:
         print(f"batch {a.prompts}: {r['jobs']} jobs over {r['world']} rank(s): {r['done']} generated, "
               f"{r['skipped']} already there, in {a.out_dir}")
     return 0
 
 
+def _parallel_layout(a):
+    """(layout, device) for ``--parallel``: torchrun's ranks, checked against the world size before loading."""
+    if not a.parallel:
+        return None, None
+    from .batch import dist_env, rank_device
+    from .errors import UserError
+    from .parallel import make_parallel
+    device = rank_device(a.device, dist_env()[2])
+    try:
+        return make_parallel(a.parallel, device), device
+    except ValueError as e:
+        raise UserError(f"--parallel: {e}") from None
+
+
 def _cmd_generate(a) -> int:
+    """Check every input (no model loaded yet), load, generate, write; failures raise to ``errors.run_command``."""
     from . import accel
+    from .errors import UserError
+    from .inputs import check_generate_inputs
+    from .io import write_video
     if a.prompts:
         return _cmd_generate_batch(a)
-    if not a.prompt:
-        print("error: give --prompt (one video) or --prompts FILE --out-dir DIR (a batch)", file=sys.stderr)
-        return 2
-    par = device = None
-    if getattr(a, "parallel", None):    # torchrun's ranks: the layout is checked against the world size first
-        from .batch import dist_env, rank_device
-        from .parallel import make_parallel
-        rank, _, local_rank = dist_env()
-        device = rank_device(a.device, local_rank)
-        try:
-            par = make_parallel(a.parallel, device)
-        except ValueError as e:
-            print(f"error: --parallel: {e}", file=sys.stderr)
-            return 2
-    from .io import check_video_path, write_video
-    try:                # a bad output path or accelerator fails now, not after loading and generating
-        check_video_path(a.output)
-    except ValueError as e:
-        print(f"error: --output: {e}", file=sys.stderr)
-        return 2
-    try:
-        acc = _accelerator(a)
-    except ValueError as e:
-        print(f"error: --accel: {e}", file=sys.stderr)
-        return 2
-    try:
+    if a.prompt is None:
+        raise UserError("give --prompt (one video) or --prompts FILE --out-dir DIR (a batch)")
+    checked = check_generate_inputs(a)          # one UserError naming the flag, before any model loads
+    par, device = _parallel_layout(a)
+    with _progress_bars(not a.quiet):
         pipe = _load_pipe(a, device)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: cannot load the model: {e}", file=sys.stderr)
-        return 2
-    if acc is not None:
-        accel.apply(pipe, acc)
-    try:
-        out = pipe(a.prompt, image=a.image, video=a.video, duration=a.duration, resolution=a.resolution,
-                   seed=a.seed, progress=not a.quiet, parallel=par)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if checked.accelerator is not None:
+        accel.apply(pipe, checked.accelerator)
+    _warn_long_prompt(pipe, a.prompt, a.duration)
+    out = pipe(a.prompt, image=a.image, video=a.video, duration=a.duration, resolution=a.resolution,
+               seed=a.seed, progress=not a.quiet, parallel=par)
     if par is not None and par.rank != 0:
         return 0                        # every rank holds the video; rank 0 writes it
-    path = Path(a.output)
+    path = checked.output
     write_video(path, out.frames, fps=out.fps)
     if a.save_masks:
         from .accel.viz import mask_video
@@ -138,17 +105,60 @@ def _cmd_generate(a) -> int:
         write_video(mpath, mask_video(out.masks, sched, out.frames), fps=out.fps)
         print(f"masks: {mpath}")
     t = out.timings
+    acc_name = out.accelerator.get("method")
+    if out.accelerator.get("preset"):
+        acc_name += f" (preset {out.accelerator['preset']})"
     print(f"wrote {path}: {out.frames.shape[0]} frames {out.frames.shape[2]}x{out.frames.shape[1]} @ {out.fps} fps, "
-          f"seed {out.seed}, schedule {out.schedule}, accelerator {out.accelerator.get('method')}")
+          f"seed {out.seed}, schedule {out.schedule}, accelerator {acc_name}")
     print("time: " + ", ".join(f"{k[:-2]} {v:.2f}s" for k, v in t.items()))
     s = out.summary
     print(f"tokens run {s['tokens_run']:,} of {s['tokens_dense']:,}; FLOP-model speedup {s['flop_speedup']:.2f}x")
+    if "peak_gpu_gib" in s:
+        plan = s.get("memory_plan")
+        print(f"peak GPU memory {s['peak_gpu_gib']:.1f} GiB (text, transformer, decode; {s['precision']})"
+              + (f", planned {plan['peak_gib']:.1f} GiB" if plan else ""))
     return 0
 
 
+class _progress_bars:
+    """With ``on=False``, silence the loaders' own progress bars (transformers, huggingface_hub) for the block."""
+
+    def __init__(self, on: bool):
+        self.on, self.undo = on, None
+
+    def __enter__(self):
+        if not self.on:
+            try:
+                from transformers.utils import logging as tlog
+            except ImportError:
+                return self
+            if tlog.is_progress_bar_enabled():
+                tlog.disable_progress_bar()
+                self.undo = tlog.enable_progress_bar
+        return self
+
+    def __exit__(self, *exc):
+        if self.undo is not None:
+            self.undo()
+        return False
+
+
+def _warn_long_prompt(pipe, prompt: str, duration) -> None:
+    """One line on stderr when the text encoder will cut the prompt (it reads a fixed number of tokens)."""
+    from .inputs import prompt_overflow
+    from .text import format_prompt
+    text = format_prompt(prompt, duration or pipe.spec.default_duration) if pipe.spec.official_prompt_format \
+        else prompt
+    over = prompt_overflow(pipe.text_encoder, text)
+    if over:
+        n, limit = over
+        print(f"faststar generate: warning: the prompt is {n:,} tokens; the text encoder reads the first {limit:,} "
+              f"and ignores the rest", file=sys.stderr)
+
+
 def _cmd_inspect(a) -> int:
-    from .pipeline import inspect_model_dir
-    rep = inspect_model_dir(a.model_dir, a.resolution)
+    from .pipeline import TESTBED_DIR, inspect_model_dir
+    rep = inspect_model_dir(a.model_dir or TESTBED_DIR, a.resolution)
     print(f"model folder {rep['folder']} (layout: {rep.get('kind', '?')})")
     for k, v in rep["found"].items():
         print(f"  ok  {k}: {v}")
@@ -157,10 +167,19 @@ def _cmd_inspect(a) -> int:
     return 1 if rep["problems"] else 0
 
 
+def _cmd_serve(a) -> int:
+    from .web import serve
+    pipe = _load_pipe(a)
+    print(f"faststar studio on http://{a.host}:{a.port} (model {pipe.spec.name}, device {pipe.device}); Ctrl+C stops")
+    serve(pipe, host=a.host, port=a.port, preview_every=a.preview_every)
+    return 0
+
+
 def _cmd_bench(a) -> int:
     from .bench import run_bench
     run_bench(resolutions=a.res.split(","), duration=a.duration, methods=a.methods.split(","), preset=a.preset,
-              backend=a.attention, with_vae=a.vae, out_json=a.out, warmup=a.warmup)
+              backend=a.attention, with_vae=a.vae, out_json=a.out, warmup=a.warmup,
+              precisions=a.precision.split(","), max_memory=a.max_memory, fp8_mode=a.fp8_mode)
     return 0
 
 
@@ -173,11 +192,36 @@ def _cmd_demo(a) -> int:
 def _cmd_eval(a) -> int:
     from .eval import main_eval
     return main_eval(out=a.out, methods=a.methods, prompts=a.prompts, seeds=a.seeds, quick=a.quick, merge=a.merge,
-                     model_dir=a.model_dir, device=a.device, text_encoder=a.text_encoder)
+                     model_dir=a.model_dir, device=a.device, text_encoder=a.text_encoder, metric=a.metric)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="faststar", description=__doc__)
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line error of the rest of the CLI (the usage block is what --help is for)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+def _flag_value(argv, flag: str):
+    """The value of ``flag`` in a raw argument list (``--flag V`` or ``--flag=V``), or None."""
+    for i, x in enumerate(argv):
+        if x == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if x.startswith(flag + "="):
+            return x[len(flag) + 1:]
+    return None
+
+
+def build_parser(model_dir=None, describe_sizes: bool = True) -> argparse.ArgumentParser:
+    """The parser. ``model_dir``: the folder a command line names, so that --resolution / --duration list the
+    sizes of that model (or of the embedded testbed), not sizes it does not have; ``describe_sizes=False`` skips
+    reading it (no help will be shown)."""
+    from .inputs import seed_arg, size_help
+    if not describe_sizes:
+        size_help = lambda model_dir, what: None    # noqa: E731
+    from . import __version__
+    p = _Parser(prog="faststar", description=__doc__)
+    p.add_argument("--version", action="version", version=f"faststar {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     g = sub.add_parser("generate", help="generate a video (text-to-video, image-to-video, continuation)")
@@ -186,16 +230,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch: a JSONL file, one {prompt, image?, seed?, method?} a line (resumable; under "
                         "torchrun each rank takes every N-th line)")
     g.add_argument("--out-dir", default=None, help="batch: the folder of the outputs (00000.mp4 + .json, ...)")
-    g.add_argument("--model-dir", default=None, help="model folder (default: the embedded testbed model)")
+    g.add_argument("--model-dir", default=None,
+                   help="model folder or Hub id, e.g. FoundationVision/InfinityStar (default: the testbed model)")
+    g.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of a Hub id")
     g.add_argument("--image", default=None, help="image-to-video: the first frame")
-    g.add_argument("--video", default=None, help="video continuation: the first 5 s (official 480p, duration 10)")
-    g.add_argument("--duration", type=int, default=None, help="seconds (official: 5 or 10)")
-    g.add_argument("--resolution", default=None, help="720p or 480p (official models)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--output", "-o", default="out/video.mp4", help=".mp4 or .gif")
+    g.add_argument("--video", default=None, help="video continuation: its first frames are kept, the rest generated (release models: --duration 10)")
+    g.add_argument("--duration", type=int, default=None, help=size_help(model_dir, "duration"))
+    g.add_argument("--resolution", default=None, help=size_help(model_dir, "resolution"))
+    g.add_argument("--seed", type=seed_arg, default=0, help="an integer 0..2**63-2 (same seed, same video)")
+    g.add_argument("--output", "-o", default="video.mp4", help=".mp4, .mov, .mkv or .gif (default: video.mp4)")
+    g.add_argument("--mkdir", action="store_true", help="create the output's folder if it does not exist")
     g.add_argument("--device", default="auto")
     g.add_argument("--dtype", default=None, help="bf16 (GPU default) or fp32 (CPU default)")
-    g.add_argument("--attention", default="auto", help="auto, sdpa or fa3")
+    g.add_argument("--attention", default="auto", help="auto, sdpa, fa3 or fp8 (fa3's FP8 forward where available)")
+    g.add_argument("--precision", default="bf16", choices=["bf16", "fp8", "auto"],
+                   help="transformer weights: bf16, fp8 (torchao float8, GPUs of compute capability >= 8.9) or auto")
+    g.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="GPU memory budget, e.g. 24GB: chunking and placement are planned to fit, or it fails first")
     g.add_argument("--text-encoder", default=None,
                    help="override the text encoder: t5:<folder>, minilm, cached:<file.safetensors>")
     g.add_argument("--accel", default=None,
@@ -205,11 +256,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save-masks", action="store_true", help="also write a video of the pruning masks")
     g.add_argument("--parallel", default=None,
                    help="split one video over torchrun ranks: cfg = the two guidance branches on 2 ranks")
-    g.add_argument("--quiet", action="store_true")
+    g.add_argument("--quiet", action="store_true", help="no progress bars (the loaders' included)")
     g.set_defaults(fn=_cmd_generate)
 
+    w = sub.add_parser("serve", help="a web studio (Gradio) with a live coarse-to-fine preview")
+    w.add_argument("--model-dir", default=None,
+                   help="model folder or Hub id, e.g. FoundationVision/InfinityStar (default: the testbed)")
+    w.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of a Hub id")
+    w.add_argument("--port", type=int, default=7860)
+    w.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    w.add_argument("--resolution", default=None, help="720p or 480p (official models)")
+    w.add_argument("--device", default="auto")
+    w.add_argument("--dtype", default=None)
+    w.add_argument("--attention", default="auto")
+    w.add_argument("--text-encoder", default=None)
+    w.add_argument("--preview-every", type=int, default=2, help="a preview every this many scales")
+    w.set_defaults(fn=_cmd_serve)
+
     i = sub.add_parser("inspect", help="check a model folder: what is missing or mismatched")
-    i.add_argument("model_dir")
+    i.add_argument("model_dir", nargs="?", default=None, help="model folder (default: the embedded testbed)")
     i.add_argument("--resolution", default="720p")
     i.set_defaults(fn=_cmd_inspect)
 
@@ -227,6 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", default="all", choices=["all", "new"],
                    help="warm up every method before timing it, or only one that brings a new kind of step")
     b.add_argument("--out", default="bench.json")
+    b.add_argument("--precision", default="bf16", help="comma list of bf16, fp8: each timed in the same run")
+    b.add_argument("--fp8-mode", default="dynamic", choices=["dynamic", "weight_only"])
+    b.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="plan chunking / KV layout for this budget (memory planner) instead of the unchunked engine")
     b.set_defaults(fn=_cmd_bench)
 
     d = sub.add_parser("demo", help="generate sample videos with the embedded testbed, dense and FastSTAR")
@@ -245,26 +314,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--text-encoder", default=None, help="override, e.g. cached:<file.safetensors>")
     e.add_argument("--merge", nargs="+", default=None, metavar="RESULTS_JSON",
                    help="generate nothing: merge results.json files of runs on parts of a method list into --out")
+    e.add_argument("--metric", default="psnr",
+                   choices=["psnr", "ssim", "latent_psnr", "detail_retention", "latent_detail_retention"],
+                   help="quality axis of pareto.png (default psnr)")
     e.set_defaults(fn=_cmd_eval)
     return p
 
 
 def main(argv=None) -> int:
-    """Run one command. Errors a user can act on (a bad value, a missing file, no GPU, out of memory) print one
-    line and return 2; ``FASTSTAR_DEBUG=1`` shows the traceback instead."""
-    import os
-    args = build_parser().parse_args(argv)
-    try:
-        return args.fn(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        if os.environ.get("FASTSTAR_DEBUG"):
-            raise
-        kind = "" if isinstance(e, ValueError) else f"{type(e).__name__}: "
-        print(f"faststar {args.cmd}: error: {kind}{e}  (FASTSTAR_DEBUG=1 shows the traceback)", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"faststar {args.cmd}: interrupted", file=sys.stderr)
-        return 130
+    """Run one command. Errors a user can act on (a bad value, a missing or corrupt file, no GPU, out of memory,
+    NaN) print one line and return 2 (``faststar.errors``); ``FASTSTAR_DEBUG=1`` shows the traceback instead."""
+    from .errors import guard_std_fds, run_command
+    guard_std_fds()
+    argv = sys.argv[1:] if argv is None else [str(x) for x in argv]
+    want_help = any(x in ("-h", "--help") for x in argv)
+    args = build_parser(_flag_value(argv, "--model-dir"), describe_sizes=want_help).parse_args(argv)
+    return run_command(args.cmd, args.fn, args)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,19 @@ configuration, then report PSNR / SSIM of each accelerated video against the den
 seed, the seed-to-seed noise floor (dense seed s vs dense seed s + 1000), the FLOP-model speedup and the measured
 wall-time speedup (transformer + VAE decode). Every finished run is stored under ``OUT/runs`` and never redone
 (resumable). Writes ``results.json``, ``results.md``, ``pareto.png`` and ``latency.png``.
+
+Beside PSNR / SSIM every comparison records three detail-aware measures (``faststar.metrics``): ``detail_retention``
+(3x3-Laplacian energy of the luma of the decoded frames relative to the dense video), ``latent_detail_retention``
+(energy of the finest-scale residual of the final latent canvas relative to the dense canvas) and ``latent_psnr``
+(final canvas against the dense canvas, the dense canvas's range as peak). PSNR against a stochastic dense sample
+rewards a blurrier video over an equally detailed but different one (skipping the last scale scores like keeping
+most of it); the retentions say how much of the detail is left. ``--metric`` picks the Pareto plot's quality axis.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 
@@ -30,6 +38,11 @@ STANDARD_METHODS = [
     "skip:last1", "skip:last2", "skip:last3",
 ]
 QUICK_METHODS = ["faststar:balanced", "faststar:fast", "random:balanced", "skip:last1"]
+# quality measures of a comparison (row keys): the Pareto plot's quality axis is one of them (``--metric``)
+METRICS = {"psnr": "PSNR vs same-seed dense (dB)", "ssim": "SSIM vs same-seed dense",
+           "latent_psnr": "latent-canvas PSNR vs same-seed dense (dB)",
+           "detail_retention": "detail retention (Laplacian energy vs dense)",
+           "latent_detail_retention": "latent detail retention (finest-scale residual energy vs dense)"}
 
 
 def load_prompts(path: str | Path | None) -> list[dict]:
@@ -65,7 +78,13 @@ class Runner:
         (out / "runs").mkdir(parents=True, exist_ok=True)
 
     def run(self, method: str, item: dict, seed: int) -> tuple[dict, np.ndarray]:
-        """One generation (cached on disk): metadata and frames."""
+        """One generation (cached on disk): metadata and frames (``run_latent`` also gives the final canvas)."""
+        meta, frames, _ = self.run_latent(method, item, seed)
+        return meta, frames
+
+    def run_latent(self, method: str, item: dict, seed: int) -> tuple[dict, np.ndarray, np.ndarray | None]:
+        """One generation (cached on disk): metadata, frames and the final latent canvas [1, 64, T, h, w] (float32;
+        None for a run cached before canvases were stored)."""
         from . import accel
         acc = accel.accelerator_from_spec(method)
         # keyed by what runs (the resolved knobs), not by the name: a preset that changes meaning is not reused
@@ -77,7 +96,8 @@ class Runner:
         if meta_f.exists() and frames_f.exists():
             meta = json.loads(meta_f.read_text())
             meta["method"] = method
-            return meta, np.load(frames_f)["frames"]
+            with np.load(frames_f) as z:
+                return meta, z["frames"], (z["latent"] if "latent" in z.files else None)
         if acc is None:
             accel.remove(self.pipe)
         else:
@@ -90,9 +110,27 @@ class Runner:
                     accelerator=out.accelerator,
                     summary=out.summary,
                     per_scale_time=_per_scale_time(out.stats))
-        np.savez_compressed(frames_f, frames=out.frames)
+        latent = out.latent.float().cpu().numpy()
+        np.savez_compressed(frames_f, frames=out.frames, latent=latent)
         meta_f.write_text(json.dumps(meta))
-        return meta, out.frames
+        return meta, out.frames, latent
+
+
+def detail_measures(frames, latent, dframes, dlatent, dense_energy: dict, schedule) -> dict:
+    """``detail_retention``, ``latent_detail_retention`` and ``latent_psnr`` of one video against the dense video of
+    its prompt and seed (``dense_energy``: a per-dense-video cache of its energies). A canvas missing from an old
+    cached run gives None for the two latent measures."""
+    from .metrics import _ratio, detail_energy, latent_detail_energy, latent_psnr
+    if "pixel" not in dense_energy:
+        dense_energy["pixel"] = detail_energy(dframes)
+    out = dict(detail_retention=_ratio(detail_energy(frames), dense_energy["pixel"]),
+               latent_detail_retention=None, latent_psnr=None)
+    if latent is not None and dlatent is not None:
+        if "latent" not in dense_energy:
+            dense_energy["latent"] = latent_detail_energy(dlatent, schedule)
+        out["latent_detail_retention"] = _ratio(latent_detail_energy(latent, schedule), dense_energy["latent"])
+        out["latent_psnr"] = latent_psnr(latent, dlatent)
+    return out
 
 
 def _per_scale_time(stats):
@@ -103,10 +141,11 @@ def _per_scale_time(stats):
 
 
 def run_eval(pipe, out_dir, methods: list[str], prompts: list[dict], seeds: list[int], log=print,
-             progress: bool = True) -> dict:
+             progress: bool = True, metric: str = "psnr") -> dict:
     from .accel import check_method_specs
     from .metrics import psnr, ssim
     methods = check_method_specs(methods)          # a typo fails now, not after the dense videos
+    schedule = pipe.spec.schedule(None, None)      # the canvases' clips and grids (latent detail)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runner = Runner(pipe, out, log)
@@ -127,16 +166,17 @@ def run_eval(pipe, out_dir, methods: list[str], prompts: list[dict], seeds: list
     interrupted = False
     try:
         for m, it, s in jobs:
-            meta, frames = runner.run(m, it, s)
+            meta, frames, latent = runner.run_latent(m, it, s)
             if bar is not None:
                 bar.set_postfix_str(m)
                 bar.update(1)
             if m == "dense":
-                dense_cache[(it["prompt"], it.get("image"), s)] = (meta, frames)
+                dense_cache[(it["prompt"], it.get("image"), s)] = (meta, frames, latent, {})
                 continue
-            dmeta, dframes = dense_cache[(it["prompt"], it.get("image"), s)]
+            dmeta, dframes, dlatent, denergy = dense_cache[(it["prompt"], it.get("image"), s)]
             rows.append(dict(method=m, prompt=it["prompt"], image=it.get("image"), seed=s,
                              psnr=psnr(frames, dframes), ssim=ssim(frames, dframes),
+                             **detail_measures(frames, latent, dframes, dlatent, denergy, schedule),
                              flop_speedup=meta["summary"]["flop_speedup"],
                              time_s=meta["timings"]["transformer_s"] + meta["timings"].get("vae_decode_s", 0.0),
                              dense_time_s=dmeta["timings"]["transformer_s"] + dmeta["timings"].get("vae_decode_s", 0.0),
@@ -155,19 +195,21 @@ def run_eval(pipe, out_dir, methods: list[str], prompts: list[dict], seeds: list
             if a is None or b is None:
                 continue
             floor.append(dict(prompt=it["prompt"], image=it.get("image"), seed=s, psnr=psnr(a[1], b[1]),
-                              ssim=ssim(a[1], b[1])))
+                              ssim=ssim(a[1], b[1]), **detail_measures(b[1], b[2], a[1], a[2], a[3], schedule)))
     summary = summarize_rows(rows)
     dense_rows = [v[0] for v in dense_cache.values()]
     result = dict(model=pipe.spec.name, device=str(pipe.device), seeds=seeds, prompts=prompts, methods=methods,
                   date=time.strftime("%Y-%m-%d %H:%M"), complete=not interrupted, noise_floor=dict(
                       psnr=float(np.mean([f["psnr"] for f in floor])) if floor else float("nan"),
                       ssim=float(np.mean([f["ssim"] for f in floor])) if floor else float("nan"),
+                      **{k: _mean_or_none([f.get(k) for f in floor], cap=100.0 if k == "latent_psnr" else None)
+                         for k in DETAIL_KEYS},
                       per_video=floor),
                   dense_time_s=float(np.mean([d["timings"]["transformer_s"] + d["timings"].get("vae_decode_s", 0.0)
                                               for d in dense_rows])),
                   dense_per_scale_time=_mean_dicts([d["per_scale_time"] for d in dense_rows]),
                   summary=summary, rows=rows)
-    write_results(result, out)
+    write_results(result, out, metric=metric)
     return result
 
 
@@ -191,11 +233,11 @@ def load_results(path) -> dict:
     return result
 
 
-def write_results(result: dict, out: Path) -> None:
+def write_results(result: dict, out: Path, metric: str = "psnr") -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(compact_results(result), separators=(",", ":")))
     (out / "results.md").write_text(results_markdown(result))
-    plot_pareto(result, out / "pareto.png")
+    plot_pareto(result, out / "pareto.png", metric=metric)
     plot_latency(result, out / "latency.png")
 
 
@@ -236,6 +278,16 @@ def _mean_dicts(ds):
     return {k: float(np.mean([d.get(k, 0.0) for d in ds])) for k in keys}
 
 
+DETAIL_KEYS = ("latent_psnr", "detail_retention", "latent_detail_retention")
+
+
+def _mean_or_none(vals, cap: float | None = None):
+    """Mean of the values that are not None (each capped at ``cap``: an identical canvas has infinite PSNR);
+    None when there are none."""
+    vals = [v if cap is None else min(v, cap) for v in vals if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
 def summarize_rows(rows: list[dict]) -> list[dict]:
     by: dict[str, list] = {}
     for r in rows:
@@ -249,6 +301,9 @@ def summarize_rows(rows: list[dict]) -> list[dict]:
                         psnr=float(np.mean([min(p, 100.0) for p in ps])), psnr_min=float(np.min(ps)),
                         **{f"psnr_{task}": float(np.mean(v)) if v else None for task, v in by_task.items()},
                         ssim=float(np.mean([r["ssim"] for r in rs])),
+                        latent_psnr=_mean_or_none([r.get("latent_psnr") for r in rs], cap=100.0),
+                        detail_retention=_mean_or_none([r.get("detail_retention") for r in rs]),
+                        latent_detail_retention=_mean_or_none([r.get("latent_detail_retention") for r in rs]),
                         flop_speedup=float(np.mean([r["flop_speedup"] for r in rs])),
                         wall_speedup=float(np.mean([r["dense_time_s"] / r["time_s"] for r in rs])),
                         per_scale_time=_mean_dicts([r["per_scale_time"] for r in rs])))
@@ -304,15 +359,27 @@ def results_markdown(res: dict) -> str:
              f"vs dense seed s+1000): PSNR {res['noise_floor']['psnr']:.2f} dB, SSIM {res['noise_floor']['ssim']:.3f}. "
              f"Dense time {res['dense_time_s']:.2f} s per video (transformer + VAE decode)." +
              ("" if res.get("complete", True) else " INTERRUPTED: partial results (rerun the command to resume)."),
+             "",
+             "Detail: `latent PSNR` is the final latent canvas against the dense canvas (the dense canvas's range as "
+             "peak); `detail ret.` the high-frequency energy of the decoded frames (mean square of the 3x3 Laplacian "
+             "of BT.601 luma) relative to the dense video; `latent detail ret.` the energy of the canvas's "
+             "finest-scale residual (canvas minus the canvas taken down to the second-finest grid and back up) "
+             "relative to the dense canvas. 1.00 = as much detail as dense. Noise floor: latent PSNR "
+             f"{_fmt(res['noise_floor'].get('latent_psnr'))} dB, detail ret. "
+             f"{_fmt(res['noise_floor'].get('detail_retention'))}, latent detail ret. "
+             f"{_fmt(res['noise_floor'].get('latent_detail_retention'))}.",
              ""]
     # text-to-video and image-to-video apart when the prompt set has both (image-to-video keeps the given first
     # frame, so the two tasks land at different PSNRs)
     split = any(p.get("image") for p in res["prompts"]) and not all(p.get("image") for p in res["prompts"])
     head = "| method | PSNR dB | min PSNR |" + (" T2V PSNR | I2V PSNR |" if split else "")
-    lines += [head + " SSIM | FLOP speedup | wall speedup |", "|---" * (8 if split else 6) + "|"]
+    lines += [head + " SSIM | latent PSNR dB | detail ret. | latent detail ret. | FLOP speedup | wall speedup |",
+              "|---" * (11 if split else 9) + "|"]
     for r in sorted(res["summary"], key=lambda r: (r["method"].split(":")[0], r["flop_speedup"])):
         tasks = "".join(f" {_fmt(r.get(f'psnr_{t}'))} |" for t in ("t2v", "i2v")) if split else ""
         lines.append(f"| {r['method']} | {r['psnr']:.2f} | {r['psnr_min']:.2f} |{tasks} {r['ssim']:.3f} | "
+                     f"{_fmt(r.get('latent_psnr'))} | {_fmt(r.get('detail_retention'))} | "
+                     f"{_fmt(r.get('latent_detail_retention'))} | "
                      f"{r['flop_speedup']:.2f}x | {r['wall_speedup']:.2f}x |")
     pairs = paired_with_random(res)
     if pairs:
@@ -349,7 +416,11 @@ def _pareto_front(points):
     return sorted(front)
 
 
-def plot_pareto(res: dict, path: Path) -> None:
+def plot_pareto(res: dict, path: Path, metric: str = "psnr") -> None:
+    """Quality (``metric``: a key of ``METRICS``) against the FLOP-model and the measured speedup, one colour per
+    method family, with each family's Pareto front."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -361,14 +432,18 @@ def plot_pareto(res: dict, path: Path) -> None:
     for ax, xkey, xlabel in ((axes[0], "flop_speedup", "FLOP-model speedup"),
                              (axes[1], "wall_speedup", "measured wall-time speedup (transformer + VAE decode)")):
         for i, (fam, rs) in enumerate(sorted(fams.items())):
-            pts = [(r[xkey], r["psnr"]) for r in rs]
+            pts = [(r[xkey], r[metric]) for r in rs if r.get(metric) is not None]
+            if not pts:
+                continue
             c = colors[i % len(colors)]
             ax.scatter(*zip(*pts), color=c, label=fam, s=25)
             front = _pareto_front(pts)
             ax.plot(*zip(*front), color=c, lw=1.2)
-        ax.axhline(res["noise_floor"]["psnr"], color="gray", ls="--", lw=1, label="seed-to-seed floor")
+        floor = res["noise_floor"].get(metric)
+        if floor is not None and math.isfinite(floor):
+            ax.axhline(floor, color="gray", ls="--", lw=1, label="seed-to-seed floor")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("PSNR vs same-seed dense (dB)")
+        ax.set_ylabel(METRICS[metric])
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle(f"quality vs speedup: {res['model']} on {res['device']} (lines: each family's Pareto front)")
@@ -401,11 +476,11 @@ def plot_latency(res: dict, path: Path) -> None:
 
 def main_eval(*, out: str = "out/eval", methods: str | None = None, prompts: str | None = None, seeds: str = "0,1",
               quick: bool = False, merge: list | None = None, model_dir: str | None = None, device: str = "auto",
-              text_encoder: str | None = None) -> int:
+              text_encoder: str | None = None, metric: str = "psnr") -> int:
     """``faststar eval``: the arguments as the CLI spells them (comma lists as strings)."""
     if merge:
         res = merge_results([load_results(f) for f in merge])
-        write_results(res, Path(out))
+        write_results(res, Path(out), metric=metric)
         print(results_markdown(res))
         print(f"merged {len(merge)} runs into {out}/results.json, results.md, pareto.png, latency.png")
         return 0
@@ -421,7 +496,7 @@ def main_eval(*, out: str = "out/eval", methods: str | None = None, prompts: str
     pipe = FastStarPipeline.from_pretrained(model_dir, device=device, text_encoder=text_encoder)
     if quick:
         items, seed_list = items[:2], seed_list[:1]
-    res = run_eval(pipe, out, method_list, items, seed_list)
+    res = run_eval(pipe, out, method_list, items, seed_list, metric=metric)
     print(results_markdown(res))
     print(f"wrote {out}/results.json, results.md, pareto.png, latency.png")
     return 0

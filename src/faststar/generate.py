@@ -21,7 +21,7 @@ from .accel.base import DENSE, Accelerator, StepContext, StepOutput, StepPlan, s
 from .accel.restore import restore_hidden
 from .model.rope import rope_cos_sin, text_positions, visual_positions
 from .model.transformer import STARTransformer
-from .sampling import GuidanceConfig, guide, sample_bits, step_uniforms
+from .sampling import GuidanceConfig, guide, nonfinite, sample_bits, step_uniforms
 from .schedule import Schedule, Step, step_cost
 from .vae.quant import area_down, bits_to_codes, lift_codes
 
@@ -57,7 +57,7 @@ class StepInfo:
     num_scales: int                            # scales in this clip
     rep: int
     canvas: torch.Tensor                       # the current clip's canvas after this step [1, 64, t, H, W]; read-only
-    clip_canvases: list                        # final canvases of the finished clips (this one too once finished)
+    clip_canvases: list                        # final canvases of the clips before this one (so far: these + canvas)
     elapsed_s: float                           # since the loop started
     tokens: int                                # tokens of the step
     tokens_run: int                            # tokens that ran the blocks (0: the step did not run)
@@ -292,7 +292,7 @@ class _Loop:
         clip_scales = sch.clip_scales(s.clip)
         return StepInfo(step=st.index, num_steps=sch.num_steps, clip=s.clip, num_clips=sch.num_clips,
                         scale=s.index_in_clip, num_scales=len(clip_scales), rep=st.rep, canvas=self.canvas,
-                        clip_canvases=list(self.clip_canvases), elapsed_s=time.perf_counter() - t_start,
+                        clip_canvases=self.clip_canvases[:s.clip], elapsed_s=time.perf_counter() - t_start,
                         tokens=s.num_tokens, tokens_run=n_run)
 
     def _forward(self, st: Step, plan: StepPlan, ctx: StepContext, tokens, is_ref: bool, sample: bool):
@@ -331,7 +331,7 @@ class _Loop:
         if sample:
             u = step_uniforms(self.seed, st.index, s.num_tokens, s.bits, self.dev)
             sampled = sample_bits(guided, u if keep is None else u[keep], check_nan=False)
-            self.nan_flags.append((st.index, torch.isnan(guided).any()))
+            self.nan_flags.append((st.index, nonfinite(guided)))
         for o in self.observers:
             o.on_forward(st, tokens, logits, guided, pos, layer_outs)
         return h, ran, keep, sampled
@@ -373,7 +373,7 @@ class _Loop:
     def check_nan(self) -> None:
         for k, flag in self.nan_flags:
             if bool(flag):
-                raise FloatingPointError(f"NaN in the guided logits of step {k}: check the weights and the dtype")
+                raise FloatingPointError(f"NaN or Inf in the guided logits of step {k}: check the weights and the dtype")
 
     def latent(self) -> torch.Tensor:
         """The finished clips' canvases, then the current clip's canvas if it is not finished (a stopped loop)."""

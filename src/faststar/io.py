@@ -7,8 +7,14 @@ Reading:
   * ``read_video`` / ``video_info`` decode with PyAV (FFmpeg is bundled in the ``av`` wheel).
 
 Writing (``write_video``, ``write_image``) is atomic: the file is written under a temporary name in the target
-folder and moved into place with ``os.replace``, so a failure never leaves a half-written file at ``path``.
+folder and moved into place with ``os.replace``, so a failure (a full disk, Ctrl-C, an encoder error) never leaves
+a half-written file at ``path``; a killed process can leave only a hidden ``.NAME.*.tmp.SUFFIX`` beside it.
 MP4/MOV/MKV are H.264 (libx264, yuv420p) through PyAV; ``.gif`` goes through Pillow.
+
+Files are deterministic: the same frames give the same bytes. libx264's lookahead (macroblock-tree rate control)
+does not give the same bits from run to run here, even on one thread, so it is switched off (``mbtree=0``; the
+frame-type decision and the rest of ``preset=medium`` stay), the encoder runs on one thread, and the muxer writes
+no library version or time (``+bitexact``).
 """
 from __future__ import annotations
 
@@ -211,7 +217,9 @@ def _as_uint8_frames(frames) -> np.ndarray:
 
 
 def _atomic_write(path, write_fn) -> Path:
-    """Call ``write_fn(tmp_path)`` on a temporary name beside ``path``, then move it into place."""
+    """Call ``write_fn(tmp_path)`` on a temporary name beside ``path``, then move it into place. On any failure
+    (including KeyboardInterrupt) the temporary file is removed; an OS error (a full disk, a file-size limit, no
+    permission) is raised again as one ``OSError`` that names ``path``, not the temporary name."""
     path = Path(path)
     if not path.parent.is_dir():
         raise ValueError(f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist")
@@ -219,19 +227,29 @@ def _atomic_write(path, write_fn) -> Path:
     try:
         write_fn(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(e, OSError) and not isinstance(e, BrokenPipeError):
+            reason = e.strerror or " ".join(str(e).split()) or type(e).__name__
+            raise OSError(e.errno, f"cannot write {str(path)!r}: {reason}; nothing was left there") from e
         raise
     return path
+
+
+# libx264 settings that give the same bytes for the same frames (see the module docstring)
+H264_DETERMINISTIC = {"threads": "1", "x264-params": "mbtree=0"}
 
 
 def _write_h264(tmp: Path, frames: np.ndarray, fps: float, crf: int, container_format: str) -> None:
     import av
     T, H, W, _ = frames.shape
-    with av.open(str(tmp), mode="w", format=container_format) as container:
+    with av.open(str(tmp), mode="w", format=container_format, options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "medium"}
+        stream.options = {"crf": str(crf), "preset": "medium", **H264_DETERMINISTIC}
         for f in frames:
             frame = av.VideoFrame.from_ndarray(f, format="rgb24")
             for packet in stream.encode(frame):
@@ -276,10 +294,13 @@ def _check_video_suffix(path: Path) -> str:
     return suffix
 
 
-def check_video_path(path) -> Path:
-    """Fail before any work if ``write_video`` could not write ``path`` (its suffix, PyAV for H.264 containers, a
-    folder that can be created). Returns the path."""
+def check_video_path(path, mkdir: bool = False) -> Path:
+    """Fail before any work if ``write_video`` could not write ``path``: its suffix, PyAV for H.264 containers, a
+    folder that exists (created only with ``mkdir=True``) and can be written to, not a folder itself. Returns the
+    path."""
     path = Path(path)
+    if not str(path).strip() or path.name in ("", ".", ".."):
+        raise ValueError(f"cannot write {str(path)!r}: not a file name")
     suffix = _check_video_suffix(path)
     if suffix in VIDEO_SUFFIXES:
         try:
@@ -288,7 +309,19 @@ def check_video_path(path) -> Path:
             raise ValueError(f"writing {suffix} needs PyAV (pip install av); or write a .gif") from e
     if path.exists() and path.is_dir():
         raise ValueError(f"cannot write {str(path)!r}: it is a folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    parent = path.parent
+    if not parent.is_dir():
+        if parent.exists():
+            raise ValueError(f"cannot write {str(path)!r}: {str(parent)!r} is not a folder")
+        if not mkdir:
+            raise ValueError(f"cannot write {str(path)!r}: folder {str(parent)!r} does not exist "
+                             f"(create it, or pass --mkdir)")
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"cannot create folder {str(parent)!r}: {e.strerror or e}") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {str(path)!r}: folder {str(parent)!r} is not writable")
     return path
 
 

@@ -13,6 +13,20 @@ about 1 s per 720p frame on 2 cores (so ~1.5 min for an 81-frame 720p video); pa
   ``skimage.metrics.structural_similarity(a, b, channel_axis=-1, gaussian_weights=True, sigma=1.5,
   use_sample_covariance=False, data_range=255)`` frame by frame. ``channels="luma"`` computes it on BT.601 luma
   Y = 0.299 R + 0.587 G + 0.114 B instead (the original paper's grey-scale setting).
+
+Detail-aware measures (PSNR against a stochastic dense sample rewards a blurrier video over an equally detailed but
+different one; these see how much fine detail survives):
+
+* ``detail_energy`` / ``detail_retention``: high-frequency energy of decoded frames = the mean square of the 3x3
+  Laplacian ``[[0, 1, 0], [1, -4, 1], [0, 1, 0]]`` of BT.601 luma, valid region (no padding), over all pixels of all
+  frames; retention = energy of a video / energy of the reference (the same-seed dense video). 1.0 keeps the
+  dense video's amount of detail, a blur gives less, added noise more.
+* ``latent_detail_energy`` / ``latent_detail_retention``: energy of the finest-scale residual of a final latent
+  canvas [1, C, T, H, W]: per clip of the schedule, the canvas minus the canvas taken down to the clip's
+  second-finest grid and back up, with the quantizer's own operators (``vae.quant.area_down``, then
+  ``vae.quant.lift_codes``); mean square over all elements, relative to the dense canvas.
+* ``latent_psnr``: PSNR of a final canvas against the dense canvas, with the dense canvas's range (max - min) as the
+  peak.
 """
 from __future__ import annotations
 
@@ -116,3 +130,114 @@ def ssim(a, b, max_val: float = 255.0, channels: str = "rgb", win_size: int = 11
         total += s.item()
         count += n
     return total / count
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# detail-aware measures
+
+LAPLACIAN_3X3 = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def _video(x, device=None) -> torch.Tensor:
+    x = x.detach() if isinstance(x, torch.Tensor) else _from_numpy(x)
+    if device is not None:
+        x = x.to(device)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise ValueError(f"expected [T, H, W, C] or [H, W, C] with C in (1, 3); got {tuple(x.shape)}")
+    if x.shape[1] < 3 or x.shape[2] < 3:
+        raise ValueError(f"frames of {x.shape[1]}x{x.shape[2]} are smaller than the 3x3 Laplacian")
+    return x
+
+
+def detail_energy(frames, chunk: int = 8, device=None) -> float:
+    """Mean square of the 3x3 Laplacian of BT.601 luma over the valid region of every frame (pixel units of the
+    input, e.g. 0-255 for uint8). Frames [T, H, W, C] (C = 1 or 3) or one image [H, W, C]."""
+    x = _video(frames, device)
+    luma = torch.tensor(_LUMA, dtype=torch.float64, device=x.device)
+    total, count = 0.0, 0
+    for i in range(0, x.shape[0], chunk):
+        f = x[i:i + chunk].double()
+        y = (f * luma).sum(-1) if f.shape[-1] == 3 else f[..., 0]            # [N, H, W]
+        lap = (y[:, :-2, 1:-1] + y[:, 2:, 1:-1] + y[:, 1:-1, :-2] + y[:, 1:-1, 2:] - 4 * y[:, 1:-1, 1:-1])
+        total += lap.pow(2).sum().item()
+        count += lap.numel()
+    return total / count
+
+
+def _ratio(a: float, b: float) -> float:
+    if b == 0:
+        return 1.0 if a == 0 else float("inf")
+    return a / b
+
+
+def detail_retention(frames, ref_frames, chunk: int = 8, device=None) -> float:
+    """``detail_energy(frames) / detail_energy(ref_frames)``: 1.0 = as much fine detail as the reference."""
+    a, b = _video(frames, device), _video(ref_frames, device)
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+    return _ratio(detail_energy(a, chunk), detail_energy(b, chunk))
+
+
+def _canvas(latent) -> torch.Tensor:
+    z = latent.detach() if isinstance(latent, torch.Tensor) else _from_numpy(latent)
+    if z.ndim == 4:
+        z = z[None]
+    if z.ndim != 5 or z.shape[0] != 1:
+        raise ValueError(f"expected a canvas [1, C, T, H, W] (or [C, T, H, W]); got {tuple(z.shape)}")
+    return z.double()
+
+
+def finest_residual(latent, schedule) -> torch.Tensor:
+    """The finest-scale residual of a final canvas: per clip, canvas - up(down(canvas, second-finest grid)), with
+    the quantizer's ``area_down`` and ``lift_codes``. Returns [1, C, T, H, W] (float64)."""
+    from .vae.quant import area_down, lift_codes
+    z = _canvas(latent)
+    if z.shape[2] != schedule.latent_frames:
+        raise ValueError(f"canvas has {z.shape[2]} latent frames, the schedule {schedule.latent_frames}")
+    out, f0 = [], 0
+    for c, (t_c, H, W) in enumerate(schedule.clip_thw):
+        part = z[:, :, f0:f0 + t_c]
+        if tuple(part.shape[-2:]) != (H, W):
+            raise ValueError(f"clip {c}'s canvas is {tuple(part.shape[-2:])}, the schedule's grid {(H, W)}")
+        grids = [s.thw for s in schedule.clip_scales(c)]
+        coarser = [g for g in grids if tuple(g[1:]) != (H, W)]
+        if not coarser:
+            out.append(part)                     # a clip of one grid only: all of it is finest-scale detail
+        else:
+            thw = coarser[-1]
+            down = area_down(part, thw)
+            if thw[0] == t_c:
+                up = lift_codes(down, part.shape[1], (H, W))
+            else:                                # a coarser grid in time too: trilinear back to (t_c, H, W)
+                up = torch.nn.functional.interpolate(down, size=(t_c, H, W), mode="trilinear", align_corners=False)
+            out.append(part - up)
+        f0 += t_c
+    return torch.cat(out, dim=2)
+
+
+def latent_detail_energy(latent, schedule) -> float:
+    """Mean square of ``finest_residual`` over all elements."""
+    return finest_residual(latent, schedule).pow(2).mean().item()
+
+
+def latent_detail_retention(latent, ref_latent, schedule) -> float:
+    """``latent_detail_energy(latent) / latent_detail_energy(ref_latent)``."""
+    return _ratio(latent_detail_energy(latent, schedule), latent_detail_energy(ref_latent, schedule))
+
+
+def latent_psnr(latent, ref_latent) -> float:
+    """PSNR of a final canvas against a reference canvas, peak = the reference's range (max - min). Identical
+    canvases give ``float('inf')``."""
+    a, b = _canvas(latent), _canvas(ref_latent)
+    if a.shape != b.shape:
+        raise ValueError(f"canvas shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+    mse = (a - b).pow(2).mean().item()
+    if mse == 0:
+        return float("inf")
+    peak = (b.max() - b.min()).item()
+    if peak == 0:
+        raise ValueError("the reference canvas is constant: its range (the PSNR peak) is 0")
+    return 10.0 * math.log10(peak ** 2 / mse)

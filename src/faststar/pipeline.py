@@ -1,6 +1,7 @@
 """The user-facing pipeline: text / image / video in, frames out.
 
     pipe = FastStarPipeline.from_pretrained("path/to/InfinityStar")      # or from_pretrained() for the testbed
+    pipe = FastStarPipeline.from_pretrained("FoundationVision/InfinityStar", resolution="480p")   # Hub + HF cache
     out = pipe("a cat walks on the beach", seed=1)                        # VideoOutput: frames uint8 [T,H,W,3]
     faststar.apply(pipe, "faststar", "balanced")                          # accelerate; faststar.remove(pipe)
 
@@ -20,9 +21,9 @@ import torch
 
 from .checkpoint import CheckpointError, TensorSource, load_checkpoint, load_transformer
 from .generate import GenerationOutput, generate
-from .sampling import GuidanceConfig
+from .sampling import GuidanceConfig, check_seed
 from .schedule import SUPPORTED_DURATIONS, Schedule, build_schedule, official_schedule
-from .vae.quant import multiscale_quantize
+from .vae.quant import area_down, multiscale_quantize
 
 TESTBED_DIR = Path(__file__).resolve().parent / "testbed" / "weights"
 OFFICIAL_TRANSFORMER_DIRS = {"720p": "infinitystar_8b_720p_weights", "480p": "infinitystar_8b_480p_weights"}
@@ -42,7 +43,17 @@ class VideoOutput:
     masks: list = field(default_factory=list)
     accelerator: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
-    stopped_at: int | None = None           # the step after which ``callback`` stopped the loop (None: ran out)
+    stopped_at: int | None = None           # the step after which callback_on_step_end stopped generation
+
+
+def stop_description(schedule: Schedule, step: int | None) -> str | None:
+    """Where an early stop happened, in words: 'after step 20 of 43 (clip 2 of 2, scale 3 of 8)'."""
+    if step is None:
+        return None
+    st = schedule.steps[step]
+    c = st.scale.clip
+    return (f"after step {step + 1} of {schedule.num_steps} (clip {c + 1} of {schedule.num_clips}, scale "
+            f"{st.scale.index_in_clip + 1} of {len(schedule.clip_scales(c))})")
 
 
 @dataclass
@@ -256,27 +267,52 @@ class FastStarPipeline:
     @classmethod
     def from_pretrained(cls, model_dir: str | Path | None = None, *, resolution: str = "720p",
                         transformer_path=None, vae_path=None, text_encoder=None, device="auto", dtype=None,
-                        attention: str = "auto", fuse: bool = True, compile: bool | None = None
-                        ) -> "FastStarPipeline":
+                        attention: str = "auto", fuse: bool = True, compile: bool | None = None,
+                        revision: str | None = None, cache_dir=None, precision: str = "bf16", max_memory=None,
+                        fp8_mode: str = "dynamic") -> "FastStarPipeline":
         """Load a model folder: the release's layout (``infinitystar_8b_{720p,480p}_weights/``,
         ``infinitystar_videovae.pth``, ``text_encoder/flan-t5-xl-official/``) or a faststar testbed folder
         (``config.json`` with kind ``faststar-testbed``). With no folder, the embedded testbed model.
         ``text_encoder``: an object with ``encode(prompts)``, or a spec string for ``faststar.text.load_text_encoder``.
         ``compile``: fuse the blocks' elementwise kernels with torch.compile (default: on for CUDA).
+        A Hub repository id (``"FoundationVision/InfinityStar"``) that is no local folder is fetched with
+        huggingface_hub (only ``resolution``'s files, the VAE and T5) into its cache (``cache_dir``, else HF_HOME),
+        at ``revision``; with ``HF_HUB_OFFLINE=1`` or no network, from the cache alone (faststar.hub).
+        ``precision``: ``"bf16"``, ``"fp8"`` (the blocks' linear layers quantized to float8 at load time from the
+        bf16 weights, ``fp8_mode`` "dynamic" or "weight_only"; a clear error where FP8 cannot run) or ``"auto"``
+        (FP8 where it runs, bf16 with a message elsewhere; with ``max_memory`` FP8 only if bf16 does not fit).
+        ``attention="fp8"``: FP8 attention through fa3 where available, the automatic backend elsewhere.
+        ``max_memory`` (e.g. ``"24GB"``): every call plans chunk sizes and placement so that the run fits (the text
+        encoder and the VAE then live on the CPU and visit the GPU only to encode / decode); a call that cannot
+        fit fails before generation with the budget it would need.
         """
         from .model.transformer import compile_kernels
         device = _auto_device(device)
         dtype = _parse_dtype(dtype, device)
+        from .hub import looks_like_repo_id, resolve
+        if looks_like_repo_id(model_dir):
+            model_dir = resolve(str(model_dir), resolution=resolution, revision=revision, cache_dir_=cache_dir)
         folder = Path(model_dir) if model_dir is not None else TESTBED_DIR
         if not folder.is_dir():
             raise FileNotFoundError(f"model folder not found: {folder}")
         cfg_file = folder / "config.json"
         cfg = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
         compile_kernels(device.type == "cuda" if compile is None else compile)
+        from .precision import resolve_precision
+        budget = None
+        if max_memory is not None:
+            from .memory import device_budget_check
+            budget = device_budget_check(device, max_memory)
+        prec = "bf16" if precision == "auto" and budget is not None else resolve_precision(precision, device)
+        fp8_attention = attention == "fp8"
+        attention = "auto" if fp8_attention else attention
+        fuse_now = fuse and prec != "fp8" and precision != "auto"
         if cfg.get("kind") == "faststar-testbed":
-            return cls._load_testbed(folder, cfg, device, dtype, attention, fuse, text_encoder)
-        return cls._load_official(folder, resolution, transformer_path, vae_path, text_encoder, device, dtype,
-                                  attention, fuse)
+            pipe = cls._load_testbed(folder, cfg, device, dtype, attention, fuse_now, text_encoder)
+        else:
+            pipe = cls._load_official(folder, resolution, transformer_path, vae_path, text_encoder, device, dtype,
+                                      attention, fuse_now)
+        return pipe._setup_memory(precision, prec, budget, fp8_mode, fp8_attention, fuse and not fuse_now)
 
     @classmethod
     def _load_official(cls, folder, resolution, transformer_path, vae_path, text_encoder, device, dtype,
@@ -343,6 +379,68 @@ class FastStarPipeline:
             from .model.graphs import enable_cuda_graphs
             enable_cuda_graphs(self.transformer)
 
+    # -- precision and memory (issue 26 / 29) -----------------------------------------------------------------
+    def _setup_memory(self, asked: str, precision: str, budget: int | None, fp8_mode: str, fp8_attention: bool,
+                      fuse_later: bool) -> "FastStarPipeline":
+        """FP8 weights, FP8 attention and the memory budget, after loading (quantize before fusing)."""
+        import warnings
+        from .memory import plan_memory
+        from .precision import fp8_unavailable, quantize_fp8_, use_fp8_attention
+        self.max_memory = budget
+        self.memory_plan = None
+        if asked == "auto" and budget is not None:     # FP8 only if bf16 does not fit the default run
+            sch = self.spec.schedule(None, None)
+            why = fp8_unavailable(self.device)
+            plan = plan_memory(budget, self.transformer.cfg, sch, allow_fp8=why is None,
+                               text_len=self.transformer.cfg.text_maxlen, decode=True) if why is None else None
+            precision = plan.precision if plan is not None else "bf16"
+            if why is not None:
+                warnings.warn(f"precision='auto': using bf16 ({why})", stacklevel=3)
+        if precision == "fp8":
+            quantize_fp8_(self.transformer, mode=fp8_mode)
+        self.precision = precision
+        if fuse_later and self.device.type == "cuda":
+            if precision != "fp8":
+                self.transformer.fuse_projections_()
+            from .model.graphs import enable_cuda_graphs
+            enable_cuda_graphs(self.transformer)
+        if fp8_attention:
+            use_fp8_attention(self.transformer)
+        if budget is not None:           # the text encoder and the VAE wait on the CPU
+            self._place(self.text_encoder, "cpu")
+            self._place(self.vae, "cpu")
+        return self
+
+    @staticmethod
+    def _place(module, device):
+        if isinstance(module, torch.nn.Module):
+            module.to(device)
+
+    def plan_memory(self, schedule: Schedule, text_len: int | None = None, decode: bool = True):
+        """The memory plan of a run of ``schedule`` under this pipeline's budget (BudgetError if it cannot fit)."""
+        from .memory import plan_memory
+        te_bytes = sum(p.numel() * p.element_size() for p in self.text_encoder.parameters()) \
+            if isinstance(self.text_encoder, torch.nn.Module) else 0
+        vae_bytes = sum(p.numel() * p.element_size() for p in self.vae.parameters())
+        prec = "fp8" if str(getattr(self, "precision", "bf16")).startswith("fp8") else "bf16"
+        return plan_memory(self.max_memory, self.transformer.cfg, schedule, precision=prec,
+                           text_len=text_len or self.transformer.cfg.text_maxlen, text_encoder_bytes=te_bytes,
+                           vae_bytes=vae_bytes, decode=decode)
+
+    def _set_transformer_device(self, device):
+        """Move the transformer's weights (its KV cache is dropped); CUDA graphs are rebuilt once back on the GPU
+        (the captured ones point at the old addresses)."""
+        from .model.graphs import GraphedBlocks, disable_cuda_graphs, enable_cuda_graphs
+        graphs = isinstance(self.transformer.__dict__.get("forward_blocks"), GraphedBlocks) or \
+            getattr(self, "_graphs_parked", False)
+        disable_cuda_graphs(self.transformer)
+        self.transformer.release_cache()
+        self.transformer.to(device)
+        on_gpu = torch.device(device).type == "cuda"
+        if graphs and on_gpu:
+            enable_cuda_graphs(self.transformer)
+        self._graphs_parked = graphs and not on_gpu
+
     # -- generation ---------------------------------------------------------------------------------------------
     def encode_prompt(self, prompt: str, duration: int | None) -> torch.Tensor:
         from .text import format_prompt
@@ -377,13 +475,17 @@ class FastStarPipeline:
     def __call__(self, prompt: str, *, image=None, video=None, duration: int | None = None,
                  resolution: str | None = None, seed: int = 0, guidance: GuidanceConfig | None = None,
                  negative_prompt: str | None = None, decode: bool = True, progress: bool = True,
-                 accelerator="pipe", callback=None, parallel=None) -> VideoOutput:
-        """``parallel``: None, or ``"cfg"`` under ``torchrun --nproc-per-node 2`` (the guidance branches on two
-        ranks, ``faststar.parallel``; every rank returns the same video)."""
+                 accelerator="pipe", callback_on_step_end=None, parallel=None) -> VideoOutput:
+        """Generate one video. ``callback_on_step_end``: callable(faststar.generate.StepInfo) after every step of
+        the loop (clip, scale, the canvas so far, timing); returning True stops generation there, and the video so
+        far (coarser, or fewer clips) is decoded and returned with ``stopped_at`` set. ``parallel``: None, or
+        ``"cfg"`` under ``torchrun --nproc-per-node 2`` (the guidance branches on two ranks, ``faststar.parallel``;
+        every rank returns the same video)."""
         t_all = time.perf_counter()
         # 1. inputs and schedule
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("prompt must be a non-empty string")
+        seed = check_seed(seed)             # an int 0..SEED_MAX: never a float, never silently reduced
         if image is not None and video is not None:
             raise ValueError("give an image (image-to-video) or a video (continuation), not both")
         if video is not None and self.spec.kind == "official" and (duration or 5) != 10:
@@ -392,14 +494,28 @@ class FastStarPipeline:
         guidance = guidance or self.spec.guidance
         acc = self.accelerator if accelerator == "pipe" else accelerator
         timings = {}
-        # 2. prompt
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        plan = None
+        if getattr(self, "max_memory", None) is not None:        # fits, or fails here, before any work
+            from .memory import apply_plan
+            plan = self.plan_memory(schedule, decode=decode)
+            if next(self.transformer.parameters()).device != self.device:
+                self._set_transformer_device(self.device)         # back from a decode-time offload
+            apply_plan(self.transformer, plan)
+        # 2. prompt (with a budget the encoder visits the GPU only if the plan has room for it)
         t = time.perf_counter()
+        if plan is not None and plan.text_on_gpu:
+            self._place(self.text_encoder, self.device)
         text = self.encode_prompt(prompt, duration)
         uncond = None
         if negative_prompt:
             uncond = self.encode_prompt(negative_prompt, duration)
             L = min(text.shape[0], uncond.shape[0])
             text, uncond = text[:L], uncond[:L]
+        if plan is not None:
+            self._place(self.text_encoder, "cpu")
         timings["text_encoder_s"] = time.perf_counter() - t
         # 3. conditioning
         teacher = None
@@ -407,21 +523,29 @@ class FastStarPipeline:
         if image is not None or video is not None:
             teacher = self._encode_condition(schedule, image, video, progress)
         timings["condition_encode_s"] = time.perf_counter() - t
-        # 4. the loop
+        # 4. the loop (the progress bar is a step callback too)
         bar = None
         if progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=schedule.num_steps, desc="generate", unit="step", leave=False)
 
-        def step_callback(info):           # the progress bar, then the caller's callback (True stops the loop)
+        callback_time = [0.0]
+
+        def on_step(info) -> bool:
             if bar is not None:
-                bar.set_postfix_str(f"clip {info.clip} scale {info.scale} {schedule.steps[info.step].scale.thw}")
+                bar.set_postfix_str(f"clip {info.clip + 1}/{info.num_clips} scale {info.scale + 1}/{info.num_scales}")
                 bar.update(1)
-            return callback(info) if callback is not None else None
+            if callback_on_step_end is None:
+                return False
+            tc = time.perf_counter()
+            try:
+                return bool(callback_on_step_end(info))
+            finally:
+                callback_time[0] += time.perf_counter() - tc
         try:
             out: GenerationOutput = generate(self.transformer, schedule, text, seed=seed, guidance=guidance,
                                              uncond_LC=uncond, teacher_bits=teacher, accelerator=acc,
-                                             callback=step_callback, parallel=parallel)
+                                             callback=on_step, parallel=parallel)
         except torch.cuda.OutOfMemoryError as e:
             raise RuntimeError("CUDA out of memory during generation. Try resolution='480p', close other GPU "
                                "programs, or enable an accelerator (faststar.apply(pipe, 'faststar', 'fast')) "
@@ -429,29 +553,75 @@ class FastStarPipeline:
         finally:
             if bar is not None:
                 bar.close()
-        timings["transformer_s"] = out.total_time_s
+        timings["transformer_s"] = out.total_time_s - callback_time[0]       # the caller's callback not counted
+        if callback_on_step_end is not None:
+            timings["callback_s"] = callback_time[0]
         # 5. decode
         frames = None
         if decode:
             t = time.perf_counter()
-            frames = self.decode(out.latent)
+            if plan is not None and plan.offload_for_decode:
+                self._set_transformer_device("cpu")
+            frames = self.decode(out.latent, progress=progress, chunk=plan.decode_chunk if plan is not None else None,
+                                 lean=plan is not None and plan.decode_lean)
             timings["vae_decode_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t_all
+        summary = out.summary()
+        summary["stopped_at"] = out.stopped_at
+        summary["stopped"] = stop_description(schedule, out.stopped_at)
+        if cuda:        # the whole run: text encoding, transformer, decode
+            summary["peak_gpu_gib"] = torch.cuda.max_memory_allocated(self.device) / 2 ** 30
+        summary["precision"] = getattr(self, "precision", "bf16")
+        if plan is not None:
+            summary["memory_plan"] = plan.describe()
         return VideoOutput(frames=frames, latent=out.latent.cpu(), fps=self.spec.fps, seed=seed,
                            schedule=schedule.name, timings=timings, stats=out.stats,
                            masks=[None if m is None else m.cpu() for m in out.masks],
                            accelerator=acc.describe() if acc is not None else {"method": "dense"},
-                           summary=out.summary(), stopped_at=out.stopped_at)
+                           summary=summary, stopped_at=out.stopped_at)
 
     @torch.no_grad()
-    def decode(self, latent: torch.Tensor) -> np.ndarray:
+    def preview(self, canvas: torch.Tensor, frame: int = 0, downscale: int = 1) -> np.ndarray:
+        """A cheap look at a canvas during generation: one latent frame (default the first) decoded alone,
+        uint8 [H / downscale, W / downscale, 3]; about 1 / (T' downscale^2) of a full decode."""
+        from .io import to_uint8
+        from .vae.model import inference_decode
+        z = canvas[:, :, frame:frame + 1].to(self.device).float()
+        if downscale > 1:
+            h, w = z.shape[-2:]
+            z = area_down(z, (1, max(1, h // downscale), max(1, w // downscale)))
+        video = inference_decode(self.vae, z)
+        return to_uint8(video[:, :, :1].float().cpu())[0]
+
+    @torch.no_grad()
+    def decode(self, latent: torch.Tensor, progress: bool = False, chunk: int | None = None,
+               lean: bool = False) -> np.ndarray:
+        """Latent -> uint8 frames; ``chunk``: latent frames per decoder chunk on a GPU (default 4), ``lean``: the
+        image frame alone first (same video, less memory). With a memory budget the VAE comes to the GPU for the
+        decode only."""
         from .io import to_uint8
         from .vae.model import inference_decode
         dev = self.device
+        visiting = getattr(self, "max_memory", None) is not None
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=latent.shape[2], desc="decode", unit="latent frame", leave=False)
+
+        def on_chunk(done, total):
+            bar.update(done - bar.n)
         try:
-            video = inference_decode(self.vae, latent.to(dev).float())
+            if visiting:
+                self._place(self.vae, dev)
+            video = inference_decode(self.vae, latent.to(dev).float(), chunk=chunk, lean=lean,
+                                     on_chunk=on_chunk if bar else None)
         except torch.cuda.OutOfMemoryError as e:
             raise RuntimeError(f"CUDA out of memory in the VAE decode ({e}); free GPU memory and retry") from e
+        finally:
+            if bar is not None:
+                bar.close()
+            if visiting:
+                self._place(self.vae, "cpu")
         frames = to_uint8(video.float().cpu())
         if self.spec.smooth_first_frame and frames.shape[0] > 1:
             frames[0] = frames[1]

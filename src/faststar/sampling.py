@@ -54,10 +54,39 @@ def guide(cond: torch.Tensor, uncond: torch.Tensor | None, tau: float, g: Guidan
     return g.scale * c + (1 - g.scale) * u
 
 
+# Seeds are integers 0 .. SEED_MAX. A step's stream is seeded with (seed * 1_000_003 + 7919 (step + 1)) mod
+# (2^63 - 1); 1_000_003 is a prime that does not divide 2^63 - 1, so distinct seeds in this range never share a
+# stream, while a larger or negative seed would silently alias a smaller one: those are refused instead.
+SEED_MAX = 2 ** 63 - 2
+
+
+def check_seed(seed) -> int:
+    """``seed`` as an int, or a ValueError naming the problem: not an integer (``1.7``, ``"abc"``, ``True``),
+    negative, or above SEED_MAX. Integral numpy scalars and strings of digits are accepted."""
+    import operator
+    if isinstance(seed, bool):
+        raise ValueError(f"seed must be an integer 0..{SEED_MAX}, got {seed!r}")
+    if isinstance(seed, str):
+        text = seed.strip().replace("_", "")
+        if not text.lstrip("+-").isdigit() or not text.isascii():
+            raise ValueError(f"seed must be an integer 0..{SEED_MAX}, got {seed!r}")
+        value = int(text)
+    else:
+        try:
+            value = operator.index(seed)
+        except TypeError:
+            raise ValueError(f"seed must be an integer 0..{SEED_MAX}, got {seed!r} "
+                             f"({type(seed).__name__})") from None
+    if value < 0 or value > SEED_MAX:
+        raise ValueError(f"seed {value} is out of range: seeds are integers 0..{SEED_MAX} (2**63 - 2); a larger or "
+                         f"negative seed would repeat the stream of another seed")
+    return value
+
+
 def step_generator(seed: int, step: int, device) -> torch.Generator:
-    """The random stream of one step, independent of what earlier steps drew."""
+    """The random stream of one step, independent of what earlier steps drew. ``seed``: see ``check_seed``."""
     gen = torch.Generator(device=device)
-    gen.manual_seed((int(seed) * 1_000_003 + 7919 * (int(step) + 1)) % (2 ** 63 - 1))
+    gen.manual_seed((check_seed(seed) * 1_000_003 + 7919 * (int(step) + 1)) % (2 ** 63 - 1))
     return gen
 
 
@@ -92,3 +121,9 @@ def bit_means(logits_N2d: torch.Tensor) -> torch.Tensor:
     N = logits_N2d.shape[0]
     pair = logits_N2d.float().view(N, -1, 2)
     return torch.tanh(0.5 * (pair[..., 1] - pair[..., 0]))          # 2 sigmoid(x) - 1
+
+
+def nonfinite(x: torch.Tensor) -> torch.Tensor:
+    """A 0-dim bool tensor: does ``x`` hold a NaN or an Inf? Stays on the device (no sync), so a loop can collect
+    one flag per step and check them all at its end."""
+    return ~torch.isfinite(x).all()

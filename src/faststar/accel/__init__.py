@@ -23,7 +23,7 @@ from .baselines import FastVAR, SkipScales, StageVAR
 from .faststar import FastSTAR, RandomPrune
 from .methods import (METHODS, accelerator_from_record, accelerator_from_spec, check_method_specs, make_accelerator,
                       parse_method_spec, spec_from_record)
-from .presets import DEFAULT_PRESET, PRESETS, preset_params
+from .presets import DEFAULT_PRESET, PRESETS, PUBLIC_PRESETS, preset_params
 
 
 def apply(pipe, method: str | Accelerator, preset: str | None = None, **overrides):
@@ -96,7 +96,7 @@ def flop_plan(method: str | Accelerator = "faststar", preset: str | None = None,
                 speedup=(text + dense) / max(text + run, 1.0))
 
 
-__all__ = ["METHODS", "PRESETS", "DEFAULT_PRESET", "make_accelerator", "check_method_specs", "accelerator_from_record",
-           "accelerator_from_spec", "spec_from_record", "parse_method_spec", "preset_params",
+__all__ = ["METHODS", "PRESETS", "DEFAULT_PRESET", "PUBLIC_PRESETS", "make_accelerator", "check_method_specs",
+           "accelerator_from_record", "accelerator_from_spec", "spec_from_record", "parse_method_spec", "preset_params",
            "apply", "remove", "flop_plan",
            "Accelerator", "FastSTAR", "RandomPrune", "FastVAR", "StageVAR", "SkipScales"]

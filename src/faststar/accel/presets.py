@@ -68,6 +68,8 @@ PRESETS["random"] = {name: {k: v for k, v in knobs.items() if k not in SELECTION
 
 DEFAULT_PRESET = {"faststar": "balanced", "random": "balanced", "fastvar": "balanced", "stagevar": "original",
                   "skip": "last1"}
+# the presets offered to users (README, `faststar serve`), slowest first, then `paper` (the reference protocol)
+PUBLIC_PRESETS = ("quality", "balanced", "fast-hq", "fast", "paper")
 
 
 def preset_params(method: str, preset: str) -> dict:

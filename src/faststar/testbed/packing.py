@@ -267,11 +267,13 @@ def embed_inputs(model, text_BLC: torch.Tensor, inp_BNV64: torch.Tensor, layout:
     return torch.cat(parts, dim=1)
 
 
-def bit_loss(model, h_BNC: torch.Tensor, bits_BNV: torch.Tensor, layout: PackedLayout):
+def bit_loss(model, h_BNC: torch.Tensor, bits_BNV: torch.Tensor, layout: PackedLayout,
+             token_weight: torch.Tensor | None = None):
     """Bitwise cross-entropy (2-way softmax per bit) through semantic_head2 / head.
 
     Returns (loss, token_loss [B, n_vis], token_acc [B, n_vis]): loss = sum over tokens of weight x mean bit CE,
-    averaged over the batch; token_acc = fraction of bits whose argmax matches.
+    averaged over the batch; token_acc = fraction of bits whose argmax matches. ``token_weight`` ([B, n_vis],
+    optional) replaces the layout's weights per sequence (e.g. zero on the video tokens of a photo).
     """
     Lp = layout.text_pad
     hv = h_BNC[:, Lp:Lp + layout.n_vis]
@@ -286,7 +288,8 @@ def bit_loss(model, h_BNC: torch.Tensor, bits_BNV: torch.Tensor, layout: PackedL
         ce = F.cross_entropy(lg.reshape(-1, 2), lab.reshape(-1), reduction="none").view(B, idx.numel(), nb)
         tok_loss[:, idx] = ce.mean(-1)
         tok_acc[:, idx] = (lg.argmax(-1) == lab).float().mean(-1)
-    loss = (tok_loss * layout.weight).sum(-1).mean()
+    w = layout.weight if token_weight is None else token_weight
+    loss = (tok_loss * w).sum(-1).mean()
     return loss, tok_loss.detach(), tok_acc.detach()
 
 

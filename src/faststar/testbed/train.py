@@ -22,6 +22,20 @@ The defaults are the recipe of the shipped testbed (v2), which was trained in tw
 Checkpoints (model + optimizer) and the JSON log live in ``--out``; ``--resume`` continues each phase from them and
 trains for the given minutes more (``--minutes-vae 0`` skips the VAE; ``--init-vae FOLDER`` takes an exported
 model's VAE and its log instead).
+
+Training in several device calls (``benchmarks/testbed_train_device.md``): ``--vae-steps`` / ``--gpt-steps`` fix
+each phase's length in steps (the LR schedule and the VAE's phase split follow the step, not the clock), so calls of
+any length add up to one training. A checkpoint (every ``--ckpt-minutes`` and when a call stops, 45 s before
+``--max-minutes``) holds the model, the AdamW state, the step and phase, and every RNG state (the loop's Python
+``random`` for window picks, flips and crops; the batch ``torch.Generator``; torch's global CPU / CUDA RNG): a resumed
+run gives the weights of an uninterrupted one (bit-identical on CPU, ``tests/test_testbed_resume.py``). A call whose
+VAE is not finished stops after the VAE (no transformer, no export). ``--portable DIR`` also writes a compact
+checkpoint (fp16 weights under 16 MiB a file, loop state, log; no optimizer moments) that a device call can send
+back, and ``--resume DIR`` continues from it on a fresh machine (AdamW restarts with a fresh warm-up: close to, not
+the same as, an uninterrupted run).
+
+Photos (a pack's ``photos``): ``--photo-frac`` of the VAE steps train on batches of photo crops as one-frame videos;
+the transformer gets every crop as a still video whose loss counts on the first clip's (image) scales only.
 """
 from __future__ import annotations
 
@@ -80,6 +94,76 @@ def atomic_save(obj, path: Path):
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def rng_state(rng: random.Random | None = None, gen: torch.Generator | None = None) -> dict:
+    """Everything random a training loop draws from, to put in a checkpoint: the Python ``random.Random`` of the
+    loop (window picks, flips, crops), a ``torch.Generator`` (batch indices, caption dropout), torch's global CPU
+    RNG (posterior samples) and every CUDA device's."""
+    st = dict(torch_cpu=torch.get_rng_state())
+    if rng is not None:
+        v, internal, gauss = rng.getstate()
+        st["python"] = dict(version=v, internal=torch.tensor(internal, dtype=torch.int64), gauss=gauss)
+    if gen is not None:
+        st["generator"] = gen.get_state()
+    if torch.cuda.is_available():
+        st["torch_cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict | None, rng: random.Random | None = None, gen: torch.Generator | None = None) -> None:
+    if not st:
+        return
+    torch.set_rng_state(st["torch_cpu"].cpu())
+    if rng is not None and "python" in st:
+        p = st["python"]
+        rng.setstate((p["version"], tuple(int(x) for x in p["internal"].tolist()), p["gauss"]))
+    if gen is not None and "generator" in st:
+        gen.set_state(st["generator"].cpu())
+    if "torch_cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in st["torch_cuda"]])
+
+
+PORTABLE_STATE = "{}_state.json"
+
+
+def save_portable(folder: Path, what: str, module, state: dict) -> list[Path]:
+    """A compact checkpoint that fits the device's file limits (files under 16 MiB, 64 MiB together): the weights
+    in fp16 (sharded) and the loop state as JSON, without the optimizer moments (a resume from it restarts AdamW
+    with a fresh warm-up; only a full checkpoint (``vae.pt`` / ``gpt.pt``) continues exactly)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = save_sharded(_fp16_state(module), folder / what)
+    js = {k: v for k, v in state.items() if k != "rng"}
+    (folder / PORTABLE_STATE.format(what)).write_text(json.dumps(js, indent=1))
+    return paths + [folder / PORTABLE_STATE.format(what)]
+
+
+def load_portable(folder: Path, what: str, module) -> dict | None:
+    """Weights and loop state of a ``save_portable`` folder into ``module``; None when the folder has none."""
+    from ..checkpoint import load_checkpoint
+    folder = Path(folder)
+    f = folder / PORTABLE_STATE.format(what)
+    if not f.exists():
+        return None
+    load_checkpoint(module, folder / what)
+    return json.loads(f.read_text())
+
+
+def find_checkpoint(args, out: Path, what: str) -> tuple[Path | None, Path | None]:
+    """(full checkpoint ``<what>.pt``, portable folder) to resume from: ``--out`` first (a warm machine still holds
+    the exact checkpoint), then ``--resume PATH`` (a run folder or a portable folder)."""
+    places = []
+    if args.resume:
+        places.append(out)
+    if isinstance(args.resume, str):
+        places.append(Path(args.resume))
+    for d in places:
+        if (d / f"{what}.pt").exists():
+            return d / f"{what}.pt", None
+        if (d / PORTABLE_STATE.format(what)).exists():
+            return None, d
+    return None, None
 
 
 def lr_at(base: float, step: int, warmup: int, progress: float, floor: float = 0.1) -> float:
@@ -190,6 +274,44 @@ class Frames:
             f = f[:, y:y + crop[0], x:x + crop[1]]
         v = f.permute(3, 0, 1, 2).float() / 127.5 - 1
         return v.flip(-1) if flip else v
+
+
+class Photos:
+    """All crops of the training photos on the device (uint8 [N, H, W, 3]) with their caption keys."""
+
+    def __init__(self, photos, device, hw: tuple[int, int]):
+        imgs, keys = [], []
+        for p in photos:
+            for im in p.images:
+                imgs.append(torch.from_numpy(np.ascontiguousarray(im)))
+                keys.append(p.caption_key)
+        self.keys = keys
+        self.hw = hw
+        self.images = torch.stack(imgs).to(device) if imgs else torch.zeros(0, *hw, 3, dtype=torch.uint8)
+        if imgs and tuple(self.images.shape[1:3]) != tuple(hw):
+            x = F.interpolate(self.images.permute(0, 3, 1, 2).float(), size=hw, mode="area")
+            self.images = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+    def __len__(self):
+        return self.images.shape[0]
+
+    def video(self, i: int, frames: int = 1, flip: bool = False) -> torch.Tensor:
+        """Crop i as a still video [3, frames, H, W] in [-1, 1]."""
+        v = self.images[i].permute(2, 0, 1).float() / 127.5 - 1
+        v = v.flip(-1) if flip else v
+        return v[:, None].expand(-1, frames, -1, -1)
+
+    def batch(self, n: int, rng: random.Random, crop=None, device=None) -> torch.Tensor:
+        """n random crops as one-frame videos [n, 3, 1, h, w] (random flips; random ``crop`` windows if given)."""
+        out = []
+        for _ in range(n):
+            v = self.video(rng.randrange(len(self)), 1, flip=rng.random() < 0.5)
+            if crop is not None and tuple(crop) != tuple(self.hw):
+                y = rng.randrange(0, self.hw[0] - crop[0] + 1)
+                x = rng.randrange(0, self.hw[1] - crop[1] + 1)
+                v = v[:, :, y:y + crop[0], x:x + crop[1]]
+            out.append(v)
+        return torch.stack(out)
 
 
 class Ticker:
@@ -318,7 +440,8 @@ def merge_vae_history(data: dict, prior: dict) -> dict:
     return data
 
 
-def train_vae(args, spec: TrainSpec, frames: Frames, val: Frames | None, device, log: Log, out: Path):
+def train_vae(args, spec: TrainSpec, frames: Frames, val: Frames | None, device, log: Log, out: Path,
+              photos: "Photos | None" = None, val_photos: "Photos | None" = None):
     schedule = spec.build_schedule()
     length = spec.pixel_frames
     vae = VideoVAE(spec.vae_config()).to(device)
@@ -327,51 +450,88 @@ def train_vae(args, spec: TrainSpec, frames: Frames, val: Frames | None, device,
     vae.scale_learnable_parameters.requires_grad_(False)
     params = [p for p in vae.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr_vae, betas=(0.9, 0.99), weight_decay=1e-4)
-    state = dict(step=0, phase=1, calibration=None, seconds=0.0, phase2_step=0)
+    state = dict(step=0, phase=1, calibration=None, seconds=0.0, phase2_step=0, rewarm_from=0)
     ck = out / "vae.pt"
     budget_s = args.minutes_vae * 60
-    if (args.resume or budget_s <= 0) and ck.exists():
-        sd = torch.load(ck, map_location=device, weights_only=True)
+    rng = random.Random(args.seed)
+    full, portable = find_checkpoint(args, out, "vae")
+    if full is None and portable is None and budget_s <= 0 and ck.exists():
+        full = ck
+    rng_saved = None
+    if full is not None:
+        sd = torch.load(full, map_location=device, weights_only=True)
         vae.load_state_dict(sd["model"])
         opt.load_state_dict(sd["opt"])
         state.update(sd["state"])
-        log.event(f"VAE loaded from {ck} at step {state['step']} (phase {state['phase']})")
+        rng_saved = state.pop("rng", None)
+        log.event(f"VAE loaded from {full} at step {state['step']} (phase {state['phase']})")
+    elif portable is not None:
+        state.update(load_portable(portable, "vae", vae))
+        state["rewarm_from"] = state["step"]          # fresh AdamW moments: warm up again
+        rng = random.Random(args.seed + state["step"])
+        log.event(f"VAE loaded from the portable checkpoint {portable} at step {state['step']} (phase "
+                  f"{state['phase']}; optimizer restarted with a {args.warmup_vae}-step warm-up)")
     if budget_s <= 0:
-        if not ck.exists():
+        if full is None and portable is None:
             raise FileNotFoundError(f"--minutes-vae 0 needs a trained VAE checkpoint at {ck}")
         log.event("VAE training skipped (--minutes-vae 0)")
         return vae.eval(), state
+    target = args.vae_steps                            # None: the phases and the LR follow the time budget
+    if target is not None and state["step"] >= target:
+        log.event(f"VAE already at its {target} steps")
+        return _vae_val(vae.eval(), val, val_photos, schedule, length, args, log), state
     # phase split: --vae-phase1-frac reconstruction, the rest quantized decoding (all once phase 2 has started)
     p1_s = 0.0 if state["phase"] == 2 else budget_s * args.vae_phase1_frac
-    rng = random.Random(args.seed + state["step"])
+    p1_steps = None if target is None else int(round(target * args.vae_phase1_frac))
     # clip-balanced sampling: a clip with n windows is drawn with weight sqrt(n) (vtest alone has 60 % of the frames)
     per_clip = [[(ci, st) for st in c.window_starts(length)] for ci, c in enumerate(frames.clips)]
     per_clip = [w for w in per_clip if w]
     clip_w = [math.sqrt(len(w)) for w in per_clip]
     crop = tuple(spec.vae_crop_hw) if spec.vae_crop_hw else None
+    photo_frac = args.photo_frac if photos is not None and len(photos) else 0.0
 
     def draw():
         w = rng.choices(per_clip, weights=clip_w)[0]
         return w[rng.randrange(len(w))]
 
     def save():
+        state["rng"] = rng_state(rng)
         atomic_save(dict(model=vae.state_dict(), opt=opt.state_dict(), state=state, spec=spec.to_dict()), ck)
+        state.pop("rng")
+        if args.portable:
+            save_portable(Path(args.portable), "vae", vae, state)
 
-    def run_phase(phase: int, seconds: float, batch: int):
+    if rng_saved is not None:
+        set_rng_state(rng_saved, rng)
+
+    def lr_now(phase: int, step: int, budget) -> float:
+        progress = budget.progress if target is None else step / target
+        warm = args.warmup_vae
+        if state["rewarm_from"]:
+            w = min(1.0, (step - state["rewarm_from"] + 1) / max(1, warm))
+            return w * lr_at(args.lr_vae if phase == 1 else 0.5 * args.lr_vae, warm, warm, progress)
+        if phase == 1:
+            return lr_at(args.lr_vae, step, warm, progress)
+        return lr_at(0.5 * args.lr_vae, warm, warm, progress)    # a new objective: half the rate, no warm-up
+
+    def run_phase(phase: int, seconds: float, batch: int, until: int | None):
         vae.train()
         budget = Budget(seconds, args.deadline)
         pb = bar(budget.seconds, f"vae phase {phase}")
         tick = Ticker(pb, budget, save, log, args.ckpt_minutes * 60)
         losses = []
-        while not budget.done() and (args.max_vae_steps is None or state["step"] < args.max_vae_steps):
+        while not budget.done() and (args.max_vae_steps is None or state["step"] < args.max_vae_steps) \
+                and (until is None or state["step"] < until):
             step = state["step"]
-            pick = [draw() for _ in range(batch)]
-            x = torch.stack([frames.video(ci, s, length, flip=rng.random() < 0.5,
-                                          crop=crop if phase == 1 else None, rng=rng) for ci, s in pick])
-            if phase == 1:
-                set_lr(opt, lr_at(args.lr_vae, step, args.warmup_vae, budget.progress))
-            else:               # a new objective: half the rate, no warm-up, the same final decay
-                set_lr(opt, lr_at(0.5 * args.lr_vae, args.warmup_vae, args.warmup_vae, budget.progress))
+            if photo_frac and rng.random() < photo_frac:
+                # a batch of photos as one-frame videos (the image the first latent frame codes)
+                x = photos.batch(batch * args.photo_batch_mult, rng, crop=crop if phase == 1 else None,
+                                 device=device)
+            else:
+                pick = [draw() for _ in range(batch)]
+                x = torch.stack([frames.video(ci, s, length, flip=rng.random() < 0.5,
+                                              crop=crop if phase == 1 else None, rng=rng) for ci, s in pick])
+            set_lr(opt, lr_now(phase, step, budget))
             with autocast(device):
                 mean, logvar = vae_posterior(vae, x)
                 if phase == 1:
@@ -380,7 +540,7 @@ def train_vae(args, spec: TrainSpec, frames: Frames, val: Frames | None, device,
                     zin, commit = z, torch.zeros((), device=device)
                 else:
                     z = vae_latent(vae, mean.float())
-                    zq = quantize_batch(z.detach(), schedule)
+                    zq = quantize_batch(z.detach(), schedule if x.shape[2] > 1 else schedule.first_clips(1))
                     zin = z + (zq - z).detach()
                     commit = (z - zq).pow(2).mean()
                     kl = torch.zeros((), device=device)
@@ -397,7 +557,7 @@ def train_vae(args, spec: TrainSpec, frames: Frames, val: Frames | None, device,
                     p = psnr(y.detach(), x)
                 log.add("vae", step=state["step"], phase=phase, time=round(budget.elapsed, 2), loss=lv,
                         rec=rec.item(), kl=kl.item(), commit=commit.item(), psnr=round(p, 3),
-                        grad_norm=float(gn), lr=opt.param_groups[0]["lr"])
+                        grad_norm=float(gn), lr=opt.param_groups[0]["lr"], photo=int(x.shape[2] == 1))
                 pb.set_postfix_str(f"step {state['step']} loss {lv:.4f} psnr {p:.2f}", refresh=False)
             tick()
         pb.close()
@@ -405,11 +565,11 @@ def train_vae(args, spec: TrainSpec, frames: Frames, val: Frames | None, device,
         return losses
 
     t_all = time.time()
-    if p1_s > 0:
-        l1 = run_phase(1, p1_s, args.batch_vae)
+    if state["phase"] == 1 and (p1_s > 0 or p1_steps):
+        l1 = run_phase(1, p1_s if target is None else budget_s, args.batch_vae, p1_steps)
         log.event(f"VAE phase 1: {len(l1)} steps, loss {np.mean(l1[:5]) if l1 else float('nan'):.4f} -> "
                   f"{np.mean(l1[-5:]) if l1 else float('nan'):.4f}")
-    if state["calibration"] is None:
+    if state["calibration"] is None and (p1_steps is None or state["step"] >= p1_steps):
         vae.eval()
         cal = calibrate_scale(vae, frames, schedule, length, n=args.calib_windows, seed=args.seed)
         state["calibration"] = cal
@@ -417,17 +577,30 @@ def train_vae(args, spec: TrainSpec, frames: Frames, val: Frames | None, device,
         log.event(f"latent scale calibrated: x{cal['factor']:.3f}, relative quantization error "
                   f"{cal['rel_err_before']:.4f} -> {cal['rel_err']:.4f}", **cal)
     remaining = budget_s - (time.time() - t_all)
-    if remaining > 0:
-        l2 = run_phase(2, remaining, args.batch_vae_q)
+    if state["phase"] == 2 and remaining > 0:
+        l2 = run_phase(2, remaining, args.batch_vae_q, target)
         log.event(f"VAE phase 2 (quantized): {len(l2)} steps, loss "
                   f"{np.mean(l2[:5]) if l2 else float('nan'):.4f} -> {np.mean(l2[-5:]) if l2 else float('nan'):.4f}")
     save()
     vae.eval()
+    if target is not None and state["step"] < target:
+        log.event(f"VAE at step {state['step']} of {target}: checkpoint saved, continue with --resume")
+        return vae, state
+    return _vae_val(vae, val, val_photos, schedule, length, args, log), state
+
+
+def _vae_val(vae, val, val_photos, schedule, length, args, log: Log):
     if val is not None:
         v = vae_val_psnr(vae, val, schedule, length, n=args.val_windows)
         log.data["vae_val"] = v
         log.event(f"VAE held-out PSNR {v['psnr']:.2f} dB, through the quantizer {v['psnr_quantized']:.2f} dB", **v)
-    return vae, state
+    if val_photos is not None and len(val_photos):
+        from .evaluate import photo_psnr
+        v = photo_psnr(vae, val_photos.images, schedule)
+        log.data["vae_val_photos"] = v
+        log.event(f"VAE held-out photo PSNR {v['psnr']:.2f} dB, through the quantizer {v['psnr_quantized']:.2f} dB",
+                  **v)
+    return vae
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -458,11 +631,14 @@ def init_transformer_(model: STARTransformer, text_std: float = 0.5):
 class GPTData:
     """Step inputs, bit labels and caption choices of every training window, on the device."""
 
-    def __init__(self, inp, bits, seg_key, clip_key, emb, emb_len, names):
+    def __init__(self, inp, bits, seg_key, clip_key, emb, emb_len, names, image_only=None):
         self.inp, self.bits = inp, bits                      # [W, n_vis, 64], [W, n_vis, 64] uint8
         self.seg_key, self.clip_key = seg_key, clip_key      # [W] long indices into emb
         self.emb, self.emb_len = emb, emb_len                # [K, text_pad, C], [K]
         self.names = names                                   # caption key names
+        # [W] bool: a photo (a still video) whose loss counts on the first clip's (image) scales only
+        self.image_only = image_only if image_only is not None else torch.zeros(
+            inp.shape[0], dtype=torch.bool, device=inp.device)
 
     def __len__(self):
         return self.inp.shape[0]
@@ -482,28 +658,40 @@ def caption_table(embs: dict, text_pad: int, device):
 
 @torch.no_grad()
 def build_gpt_data(vae: VideoVAE, frames: Frames, schedule, spec: TrainSpec, embs: dict, device, *, stride: int,
-                   cap: int | None, flips: bool, store_dtype, log: Log | None = None, batch: int = 4) -> GPTData:
+                   cap: int | None, flips: bool, store_dtype, log: Log | None = None, batch: int = 4,
+                   photos: Photos | None = None) -> GPTData:
+    """Teacher data of the clips' windows, plus each photo crop as a still video whose loss counts on the first
+    clip's (image) scales only."""
     length = spec.pixel_frames
     names, emb, lens = caption_table(embs, spec.text_pad, device)
     index = {k: i for i, k in enumerate(names)}
     wins = frames.windows(length, stride, cap)
-    items = [(ci, s, f) for ci, s in wins for f in ((False, True) if flips else (False,))]
-    inps, labs, seg, clip = [], [], [], []
+    items = [("clip", ci, s, f) for ci, s in wins for f in ((False, True) if flips else (False,))]
+    if photos is not None:
+        items += [("photo", i, 0, f) for i in range(len(photos)) for f in ((False, True) if flips else (False,))]
+    inps, labs, seg, clip, img = [], [], [], [], []
     t0 = time.time()
     vae.eval()
     for i in range(0, len(items), batch):
         chunk = items[i:i + batch]
-        x = torch.stack([frames.video(ci, s, length, flip=f) for ci, s, f in chunk]).to(device)
+        x = torch.stack([frames.video(ci, s, length, flip=f) if kind == "clip" else photos.video(ci, length, flip=f)
+                         for kind, ci, s, f in chunk]).to(device)
         z = vae.encode(x).float()
-        for j, (ci, s, f) in enumerate(chunk):
+        for j, (kind, ci, s, f) in enumerate(chunk):
             inp, lab = packing.teacher_data(z[j:j + 1], schedule)
             inps.append(inp.to(store_dtype))
             labs.append(lab)
-            c = frames.clips[ci]
-            seg.append(index[c.window_caption_key(s, length)])
-            clip.append(index[c.clip_key])
+            if kind == "clip":
+                c = frames.clips[ci]
+                seg.append(index[c.window_caption_key(s, length)])
+                clip.append(index[c.clip_key])
+            else:
+                seg.append(index[photos.keys[ci]])
+                clip.append(index[photos.keys[ci]])
+            img.append(kind == "photo")
     data = GPTData(torch.stack(inps), torch.stack(labs), torch.tensor(seg, device=device),
-                   torch.tensor(clip, device=device), emb, lens, names)
+                   torch.tensor(clip, device=device), emb, lens, names,
+                   image_only=torch.tensor(img, dtype=torch.bool, device=device))
     if log is not None:
         log.event(f"encoded {len(data)} windows ({len(wins)} x {'2 flips' if flips else '1'}) in "
                   f"{time.time() - t0:.1f} s; {data.inp.numel() * data.inp.element_size() / 2**20:.0f} MiB inputs")
@@ -532,12 +720,20 @@ def sample_batch(model, data: GPTData, layout, idx: torch.Tensor, gen: torch.Gen
     return text, data.inp[idx], data.bits[idx], lens
 
 
-def gpt_forward(model, layout, vis, text, inp, bits, lens, mode: str, compiled: bool):
+def token_weight(layout, image_only: torch.Tensor, first_clip_scales: int) -> torch.Tensor | None:
+    """[B, n_vis] loss weights: the layout's, zero on the video clips' tokens of photo windows (None: no photo)."""
+    if not bool(image_only.any()):
+        return None
+    video_tok = layout.scale_of >= first_clip_scales                            # [n_vis]
+    return layout.weight[None] * ~(image_only[:, None] & video_tok[None])
+
+
+def gpt_forward(model, layout, vis, text, inp, bits, lens, mode: str, compiled: bool, weight=None):
     x = packing.embed_inputs(model, text, inp, layout)
     dm = packing.dense_mask(layout, lens, vis)
     mask = dm if mode == "mask" else packing.flex_block_mask(dm)
     h = packing.packed_hidden(model, x, layout, mask, mode, compiled=compiled)
-    return packing.bit_loss(model, h, bits, layout)
+    return packing.bit_loss(model, h, bits, layout, token_weight=weight)
 
 
 @torch.no_grad()
@@ -611,40 +807,60 @@ def train_gpt(args, spec: TrainSpec, data: GPTData, val: GPTData | None, device,
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or n == "cfg_uncond"]
     opt = torch.optim.AdamW([dict(params=decay, weight_decay=args.wd_gpt), dict(params=no_decay, weight_decay=0.0)],
                             lr=args.lr_gpt, betas=(0.9, 0.95))
-    state = dict(step=0, seconds=0.0)
+    state = dict(step=0, seconds=0.0, rewarm_from=0)
     ck = out / "gpt.pt"
-    if args.resume and ck.exists():
-        sd = torch.load(ck, map_location=device, weights_only=True)
+    gen = torch.Generator(device=data.inp.device)
+    gen.manual_seed(args.seed)
+    full, portable = find_checkpoint(args, out, "gpt")
+    if full is not None:
+        sd = torch.load(full, map_location=device, weights_only=True)
         model.load_state_dict(sd["model"])
         opt.load_state_dict(sd["opt"])
         state.update(sd["state"])
-        log.event(f"transformer resumed at step {state['step']}")
+        set_rng_state(state.pop("rng", None), gen=gen)
+        log.event(f"transformer resumed from {full} at step {state['step']}")
+    elif portable is not None:
+        state.update(load_portable(portable, "gpt", model))
+        state["rewarm_from"] = state["step"]
+        gen.manual_seed(args.seed + state["step"])
+        log.event(f"transformer resumed from the portable checkpoint {portable} at step {state['step']} (optimizer "
+                  f"restarted with a {args.warmup_gpt}-step warm-up)")
 
     def save():
+        state["rng"] = rng_state(gen=gen)
         atomic_save(dict(model=model.state_dict(), opt=opt.state_dict(), state=state, spec=spec.to_dict()), ck)
+        state.pop("rng")
+        if args.portable:
+            save_portable(Path(args.portable), "gpt", model, state)
 
     if args.minutes_gpt <= 0:
         log.event("transformer training skipped (--minutes-gpt 0)")
         return model.eval(), state
+    target = args.gpt_steps
     mode, compiled = pick_attention(args, model, layout, data, device, log, args.batch_gpt)
     batch = args.batch_gpt if mode == "flex" else args.batch_gpt_mask
     vis = packing.visual_mask(layout)
-    gen = torch.Generator(device=data.inp.device)
-    gen.manual_seed(args.seed + state["step"])
+    n_img_scales = len(schedule.clip_scales(0))
     budget = Budget(args.minutes_gpt * 60, args.deadline)
     pb = bar(budget.seconds, "transformer")
     model.train()
     tick = Ticker(pb, budget, save, log, args.ckpt_minutes * 60)
     losses = []
     acc_ema = None
-    while not budget.done() and (args.max_gpt_steps is None or state["step"] < args.max_gpt_steps):
+    while not budget.done() and (args.max_gpt_steps is None or state["step"] < args.max_gpt_steps) \
+            and (target is None or state["step"] < target):
         step = state["step"]
         idx = torch.randint(len(data), (batch,), generator=gen, device=data.inp.device)
         text, inp, bits, lens = sample_batch(model, data, layout, idx, gen, p_clip_caption=args.p_clip_caption,
                                              p_drop=args.p_drop)
-        set_lr(opt, lr_at(args.lr_gpt, step, args.warmup_gpt, budget.progress))
+        progress = budget.progress if target is None else step / target
+        lr = lr_at(args.lr_gpt, step, args.warmup_gpt, progress)
+        if state["rewarm_from"]:
+            lr *= min(1.0, (step - state["rewarm_from"] + 1) / max(1, args.warmup_gpt))
+        set_lr(opt, lr)
         with autocast(device):
-            loss, tok_loss, tok_acc = gpt_forward(model, layout, vis, text, inp, bits, lens, mode, compiled)
+            loss, tok_loss, tok_acc = gpt_forward(model, layout, vis, text, inp, bits, lens, mode, compiled,
+                                                  weight=token_weight(layout, data.image_only[idx], n_img_scales))
         lv, gn = optimizer_step(opt, loss, model.parameters(), "transformer", step)
         state["step"] += 1
         losses.append(lv)
@@ -809,7 +1025,20 @@ def parse_args(argv=None):
     p.add_argument("--minutes-gpt", type=float, default=4.5)
     p.add_argument("--max-minutes", type=float, default=None,
                    help="hard wall-clock limit for the whole run (training phases stop early to fit; export included)")
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="PATH",
+                   help="continue from the checkpoints of --out (vae.pt / gpt.pt: exact), or of PATH (a run folder, "
+                        "or a --portable folder: weights and step, the optimizer restarts with a warm-up)")
+    p.add_argument("--portable", default=None, metavar="DIR",
+                   help="also write a compact checkpoint (fp16 weights sharded under 16 MiB + loop state) to DIR at "
+                        "every checkpoint: what a device call can send back ($OUT) and the next one resume from")
+    p.add_argument("--vae-steps", type=int, default=None,
+                   help="the VAE's length in steps: phase split and LR by step, so that calls of any length add up "
+                        "to the same training (default: by --minutes-vae)")
+    p.add_argument("--gpt-steps", type=int, default=None, help="the transformer's length in steps (as --vae-steps)")
+    p.add_argument("--photo-frac", type=float, default=0.25,
+                   help="share of VAE steps that train on photos (one-frame videos) when the data has photos")
+    p.add_argument("--photo-batch-mult", type=int, default=4, help="a photo step's batch = this x the clip batch")
+    p.add_argument("--no-photos", action="store_true", help="train on the clips only")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--attn", default="auto", choices=["auto", "flex", "mask"])
@@ -846,6 +1075,13 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def _portable_log(args, log: Log) -> None:
+    """The JSON log beside the portable checkpoint, so that a resume on a fresh machine keeps the history."""
+    if args.portable:
+        Path(args.portable).mkdir(parents=True, exist_ok=True)
+        (Path(args.portable) / "train_log.json").write_text(json.dumps(log.data, indent=1))
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     t_start = time.time()
@@ -867,6 +1103,9 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = Log(out / "train_log.json", args.resume)
+    if isinstance(args.resume, str) and not (out / "train_log.json").exists() \
+            and (Path(args.resume) / "train_log.json").exists():
+        log.data = json.loads((Path(args.resume) / "train_log.json").read_text())    # a fresh machine: the history
     log.data.setdefault("runs", []).append(dict(argv=sys.argv[1:] if argv is None else list(argv), start=t_start,
                                                 device=str(device), torch=torch.__version__,
                                                 gpu=torch.cuda.get_device_name(0) if cuda else None))
@@ -876,16 +1115,30 @@ def main(argv=None) -> dict:
     val_clips = load_clips(args.data, "val", max_frames=args.max_frames)
     frames = Frames(train_clips, device, spec.pixel_hw)
     val = Frames(val_clips, device, spec.pixel_hw) if val_clips else None
+    photos = val_photos = None
+    if not args.no_photos:
+        from .data import load_photos
+        tp, vp = load_photos(args.data, "train"), load_photos(args.data, "val")
+        photos = Photos(tp, device, spec.pixel_hw) if tp else None
+        val_photos = Photos(vp, device, spec.pixel_hw) if vp else None
     log.event(f"loaded {sum(f.shape[0] for f in frames.frames)} training frames from {len(train_clips)} clips, "
-              f"{sum(f.shape[0] for f in val.frames) if val else 0} held-out frames "
-              f"({time.time() - t_start:.1f} s)")
+              f"{sum(f.shape[0] for f in val.frames) if val else 0} held-out frames, "
+              f"{len(photos) if photos else 0} training and {len(val_photos) if val_photos else 0} held-out photo "
+              f"crops ({time.time() - t_start:.1f} s)")
     schedule = spec.build_schedule()
 
-    vae, vae_state = train_vae(args, spec, frames, val, device, log, out)
+    vae, vae_state = train_vae(args, spec, frames, val, device, log, out, photos, val_photos)
+    if args.vae_steps is not None and vae_state.get("step", 0) < args.vae_steps and not args.init_vae:
+        log.data["summary"] = dict(vae_steps=vae_state.get("step", 0), vae_target=args.vae_steps, unfinished="vae",
+                                   wall_minutes=round((time.time() - t_start) / 60, 2))
+        log.event(f"done in {(time.time() - t_start) / 60:.2f} min (VAE unfinished: no transformer, no export)")
+        _portable_log(args, log)
+        return log.data
     embs = load_embeddings(args.data)
     store = torch.bfloat16 if cuda else torch.float32
     data = build_gpt_data(vae, frames, schedule, spec, embs, device, stride=args.window_stride,
-                          cap=args.windows_per_clip, flips=not args.no_flips, store_dtype=store, log=log)
+                          cap=args.windows_per_clip, flips=not args.no_flips, store_dtype=store, log=log,
+                          photos=photos)
     vdata = build_gpt_data(vae, val, schedule, spec, embs, device, stride=spec.pixel_frames, cap=args.val_windows,
                            flips=False, store_dtype=store) if val is not None else None
     failure = None
@@ -903,7 +1156,8 @@ def main(argv=None) -> dict:
         model = model.to(device).eval()
 
     summary = dict(vae_steps=vae_state.get("step", 0), gpt_steps=gpt_state.get("step", 0),
-                   vae_val=log.data.get("vae_val"), gpt_val=log.data.get("gpt_val"),
+                   vae_val=log.data.get("vae_val"), vae_val_photos=log.data.get("vae_val_photos"),
+                   gpt_val=log.data.get("gpt_val"),
                    calibration=vae_state.get("calibration"), wall_minutes=round((time.time() - t_start) / 60, 2))
     log.data["summary"] = summary
     if args.export:
@@ -917,6 +1171,7 @@ def main(argv=None) -> dict:
         except Exception as e:  # noqa: BLE001 - a preview must not lose the trained weights
             log.event(f"samples failed: {type(e).__name__}: {e}")
     log.event(f"done in {(time.time() - t_start) / 60:.2f} min")
+    _portable_log(args, log)
     if args.export:
         (Path(args.export) / "train_log.json").write_text(json.dumps(log.data, indent=1))
     if failure is not None:

@@ -435,17 +435,34 @@ def decode_chunk_plan(num_latent: int, chunk: int = 2) -> list[int]:
     return [first] + [chunk] * ((num_latent - first) // chunk)
 
 
+def lean_decode_plan(num_latent: int, chunk: int = 1) -> list[int]:
+    """The image frame alone, then ``chunk`` latent frames per chunk (the rest in the last): the least memory per
+    chunk for memory budgets. The causal caches carry across chunks, so the video is the same as with
+    ``decode_chunk_plan`` (tests/test_chunking.py)."""
+    if num_latent <= 0:
+        raise ValueError(f"need at least one latent frame, got {num_latent}")
+    rest = num_latent - 1
+    return [1] + [chunk] * (rest // chunk) + ([rest % chunk] if rest % chunk else [])
+
+
 # latent frames per decoder chunk on a GPU: 1.06x faster than 2 at 720p on an H200 (RESULTS section 10)
 GPU_DECODE_CHUNK = 4
 
 
-def inference_decode(vae: "VideoVAE", z_BCThw: torch.Tensor) -> torch.Tensor:
-    """The decode that generation uses: on CUDA in GPU_DECODE_CHUNK-frame chunks, under bf16 autocast unless the
-    decoder is already in a half dtype (``half_decoder_``); on the CPU as the VAE is (fp32, default chunks)."""
+def inference_decode(vae: "VideoVAE", z_BCThw: torch.Tensor, chunk: int | None = None, lean: bool = False,
+                     on_chunk=None) -> torch.Tensor:
+    """The decode that generation uses: on CUDA in ``chunk`` (default GPU_DECODE_CHUNK) latent-frame chunks, under
+    bf16 autocast unless the decoder is already in a half dtype (``half_decoder_``); on the CPU as the VAE is (fp32,
+    default chunks, or ``chunk`` if given). ``lean``: the image frame alone first (``lean_decode_plan``), for
+    memory budgets. ``on_chunk``: callable(done_latent_frames, total) after each chunk (progress bars)."""
     cuda = z_BCThw.device.type == "cuda"
-    plan = decode_chunk_plan(z_BCThw.shape[2], GPU_DECODE_CHUNK) if cuda else None
+    T = z_BCThw.shape[2]
+    if lean:
+        plan = lean_decode_plan(T, chunk or 1)
+    else:
+        plan = decode_chunk_plan(T, chunk or GPU_DECODE_CHUNK) if cuda or chunk else None
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and vae.decoder_dtype == torch.float32):
-        return vae.decode(z_BCThw, chunk_plan=plan)
+        return vae.decode(z_BCThw, chunk_plan=plan, on_chunk=on_chunk)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -580,9 +597,9 @@ class VideoVAE(nn.Module):
         return self
 
     @torch.no_grad()
-    def decode(self, z_BCThw: torch.Tensor, chunk_plan: list[int] | None = None) -> torch.Tensor:
+    def decode(self, z_BCThw: torch.Tensor, chunk_plan: list[int] | None = None, on_chunk=None) -> torch.Tensor:
         """z [B, 64, T', h, w] -> video [B, 3, 4(T'-1)+1, 16h, 16w] (not clamped, in the decoder's dtype), decoded
-        chunk by chunk."""
+        chunk by chunk. on_chunk: optional callable(done_latent_frames, total) after each chunk (progress bars)."""
         self._check_latent(z_BCThw)
         Tl = z_BCThw.shape[2]
         plan = chunk_plan or decode_chunk_plan(Tl, self.cfg.decode_chunk)
@@ -595,6 +612,8 @@ class VideoVAE(nn.Module):
             for i, n in enumerate(plan):
                 outs.append(self.decoder(s[:, :, t0:t0 + n], first_chunk=i == 0))
                 t0 += n
+                if on_chunk is not None:
+                    on_chunk(t0, Tl)
         finally:
             self.reset_caches()
         return torch.cat(outs, dim=2)

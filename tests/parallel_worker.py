@@ -1,5 +1,5 @@
 """Run under torchrun by tests/test_parallel.py: the tiny accelerator-test model generates each method string of
-argv[2:] with parallel='cfg'; every rank writes what it got (latent, bits, masks) to argv[1]/rank{R}.safetensors."""
+argv[3:] with parallel=argv[2]; every rank writes what it got (latent, bits, masks) to argv[1]/rank{R}.safetensors."""
 import os
 import sys
 from pathlib import Path
@@ -26,9 +26,9 @@ def main():
     torch.set_num_threads(1)
     model, sched, text = tiny_model()
     res = {}
-    for method in sys.argv[2:]:
+    for method in sys.argv[3:]:
         acc = None if method == "dense" else make_accelerator(method)
-        res.update(flat(method, generate(model, sched, text, seed=SEED, accelerator=acc, parallel="cfg")))
+        res.update(flat(method, generate(model, sched, text, seed=SEED, accelerator=acc, parallel=sys.argv[2])))
     save_file(res, str(Path(sys.argv[1]) / f"rank{os.environ['RANK']}.safetensors"))
 
 

@@ -1,5 +1,6 @@
-"""Guidance-parallel generation (faststar.parallel, parallel='cfg'): the two guidance branches on two torchrun
-ranks (gloo on the CPU) make the same video as one process, bit for bit (bits, masks and latent; both at one
+"""Generation split over torchrun ranks (faststar.parallel; gloo on the CPU): guidance-parallel (parallel='cfg', the
+two guidance branches on two ranks) and sequence-parallel (parallel='sp', Ulysses over heads, 2 ranks: the tiny
+model has 2 kv heads) make the same video as one process, bit for bit (bits, masks and latent; both at one
 thread: torchrun's ranks run single-threaded, so the reference does too), dense, under FastSTAR presets (pruned
 steps, single-branch late scales: rank 1 idles there) and a two-phase baseline (scores at a prune layer)."""
 import os
@@ -28,8 +29,9 @@ def _torchrun(args, n=2):
                            *args], env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_cfg_on_two_ranks_is_bit_identical_to_one_process(tmp_path):
-    r = _torchrun([str(TESTS / "parallel_worker.py"), str(tmp_path), *METHODS])
+@pytest.mark.parametrize("layout", ["cfg", "sp"])
+def test_two_ranks_are_bit_identical_to_one_process(tmp_path, layout):
+    r = _torchrun([str(TESTS / "parallel_worker.py"), str(tmp_path), layout, *METHODS])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     got = [load_file(str(tmp_path / f"rank{k}.safetensors")) for k in (0, 1)]
     assert got[0].keys() == got[1].keys()
@@ -61,16 +63,21 @@ def test_the_layout_must_fit_the_world_size(tiny):
     model, sched, text, _ = tiny
     with pytest.raises(ValueError, match="world size is 1: launch with torchrun --nproc-per-node 2"):
         generate(model, sched, text, seed=SEED, parallel="cfg")
-    with pytest.raises(ValueError, match="sequence parallelism is not built yet"):
-        make_parallel("sp")
+    with pytest.raises(ValueError, match="world size is 1: launch with torchrun --nproc-per-node P"):
+        generate(model, sched, text, seed=SEED, parallel="sp")
+    with pytest.raises(ValueError, match="together is not built yet"):
+        make_parallel("cfg+sp")
     with pytest.raises(ValueError, match="unknown parallel layout 'tp'"):
         make_parallel("tp")
 
 
 def test_three_ranks_are_refused_with_one_line(tmp_path):
-    r = _torchrun([str(TESTS / "parallel_worker.py"), str(tmp_path), "dense"], n=3)
+    r = _torchrun([str(TESTS / "parallel_worker.py"), str(tmp_path), "cfg", "dense"], n=3)
     assert r.returncode != 0
     assert "parallel='cfg' puts the two guidance branches on 2 ranks, but the world size is 3" in r.stderr
+    r = _torchrun([str(TESTS / "parallel_worker.py"), str(tmp_path), "sp", "dense"], n=3)
+    assert r.returncode != 0
+    assert "4 query / 2 kv heads do not divide over 3 ranks" in r.stderr
 
 
 def test_cli_parallel_cfg_writes_the_one_process_video(tmp_path, capsys):
@@ -94,6 +101,6 @@ def test_cli_parallel_cfg_writes_the_one_process_video(tmp_path, capsys):
     assert cli_main(args + ["--parallel", "cfg", "-o", str(tmp_path / "x.mp4")]) == 2   # one process: refused
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--parallel: parallel='cfg'" in err and "world size is 1" in err
-    assert cli_main(args + ["--parallel", "sp", "-o", str(tmp_path / "x.mp4")]) == 2
+    assert cli_main(args + ["--parallel", "cfg+sp", "-o", str(tmp_path / "x.mp4")]) == 2
     assert "not built yet" in capsys.readouterr().err
     assert not (tmp_path / "x.mp4").exists()

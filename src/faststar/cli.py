@@ -88,7 +88,7 @@ def _cmd_generate(a) -> int:
     checked = check_generate_inputs(a)          # one UserError naming the flag, before any model loads
     par, device = _parallel_layout(a)
     with _progress_bars(not a.quiet):
-        pipe = _load_pipe(a, device)
+        pipe = _load_pipe(a) if device is None else _load_pipe(a, device)
     if checked.accelerator is not None:
         accel.apply(pipe, checked.accelerator)
     _warn_long_prompt(pipe, a.prompt, a.duration)

@@ -173,7 +173,8 @@ def generate(model: STARTransformer, schedule: Schedule, text_LC: torch.Tensor, 
     (``stopped_at``). observers: ``StepObserver``s. Shorthands for observers: record (a dict that receives the
     golden-format tensors, layer outputs for the steps in record_layers), progress (callable(step, schedule) per
     step), time_steps (per-step device time in the stats, for benchmarks). parallel: None (one process) or
-    ``"cfg"`` (guidance-parallel over 2 torchrun ranks, ``faststar.parallel``): every rank returns the same output.
+    ``"cfg"`` (guidance-parallel over 2 torchrun ranks) or ``"sp"`` (sequence-parallel, Ulysses), see
+    ``faststar.parallel``: every rank returns the same output.
     """
     from .parallel import make_parallel
     observers = list(observers)
@@ -214,7 +215,7 @@ class _Loop:
         self.batch = 2 if guidance.needs_uncond else 1
         self.par = parallel                    # None, or a layout that splits the branches over ranks
         if self.par is not None:
-            self.par.check(self.batch)
+            self.par.check(self.batch, model.cfg)
         self.acc.setup(model.cfg)
         self.acc.reset(schedule, seed)
         self.clip_canvases, self.bits, self.masks, self.stats = [], [], [], []
@@ -228,8 +229,9 @@ class _Loop:
         """The prefix tokens run through all blocks once; their K/V become the cache's text prefix."""
         m, cfg = self.model, self.model.cfg
         self.L = text_LC.shape[0]
-        rows = self.batch if self.par is None else self.par.cache_rows(self.batch)
-        self.cache = m.new_cache(self.schedule.max_kv_len(self.L), batch=rows)
+        max_len = self.schedule.max_kv_len(self.L)
+        self.cache = m.new_cache(max_len, batch=self.batch) if self.par is None else \
+            self.par.new_cache(m, max_len, self.batch)
         t0 = time.perf_counter()
         prefix = m.text_prefix(text_LC.to(self.dev), None if uncond_LC is None else uncond_LC.to(self.dev),
                                batch=self.batch)

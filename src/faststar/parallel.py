@@ -23,8 +23,8 @@ import os
 
 import torch
 
-LAYOUTS = ("cfg",)
-PLANNED = ("sp", "cfg+sp")
+LAYOUTS = ("cfg", "sp")
+PLANNED = ("cfg+sp",)
 
 
 def init_from_env(device: torch.device | str | None = None) -> bool:
@@ -50,10 +50,16 @@ def make_parallel(layout, device=None):
     if not isinstance(layout, str):
         return layout
     if layout in PLANNED:
-        raise ValueError(f"parallel={layout!r}: sequence parallelism is not built yet; choose one of {LAYOUTS}")
+        raise ValueError(f"parallel={layout!r}: guidance- and sequence-parallel together is not built yet; "
+                         f"choose one of {LAYOUTS}")
     if layout not in LAYOUTS:
         raise ValueError(f"unknown parallel layout {layout!r}; choose one of {LAYOUTS}")
-    return GuidanceParallel(device=device)
+    return GuidanceParallel(device=device) if layout == "cfg" else SequenceParallel(device=device)
+
+
+def _world(group) -> int:
+    import torch.distributed as dist
+    return dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
 
 
 class GuidanceParallel:
@@ -72,13 +78,13 @@ class GuidanceParallel:
         self.rank = dist.get_rank(group)
         self.src = dist.get_global_rank(group, 0) if group is not None else 0
 
-    def check(self, batch: int) -> None:
+    def check(self, batch: int, cfg=None) -> None:
         if batch != 2:
             raise ValueError("parallel='cfg' needs two guidance branches; this guidance is single-branch "
                              "(mode 'none' or scale 1)")
 
-    def cache_rows(self, batch: int) -> int:
-        return 1
+    def new_cache(self, model, max_len: int, batch: int):
+        return model.new_cache(max_len, batch=1)
 
     def commit_ref(self, cache, branches: int) -> None:
         """The step just run is referenced by later scales. Guided: each rank commits its own row. Single-branch:
@@ -116,3 +122,101 @@ class GuidanceParallel:
             h = torch.empty(x_BNC.shape, dtype=model.block_dtype, device=x_BNC.device)
         self.dist.broadcast(h, src=self.src, group=self.group)
         return h
+
+
+class HeadShardedCache:
+    """A ``KVCache`` of this rank's kv heads (all positions) behind the step's all-to-all: ``update`` takes the K/V
+    of the rank's tokens (all heads) and stores those of all tokens (the rank's heads)."""
+
+    def __init__(self, inner, sp: "SequenceParallel"):
+        self.inner, self.sp = inner, sp
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def update(self, layer, k_BNHD, v_BNHD):
+        return self.inner.update(layer, self.sp.tokens_to_heads(k_BNHD), self.sp.tokens_to_heads(v_BNHD))
+
+
+class SequenceParallel:
+    """Ulysses sequence parallelism over P ranks: each rank runs the blocks on 1/P of a step's tokens (kept tokens
+    of a pruned step included: the split is of whatever the step runs); around attention an all-to-all trades
+    tokens for heads, so a rank attends with H/P query heads and K/P kv heads over all tokens, and back. The KV
+    cache is sharded by kv heads to match (text prefix and reference too). P must divide the kv heads (8 for the
+    8B model: degree up to 8). Every rank returns the full hidden states (all-gathered after the last block), so the
+    rest of the step runs as in one process. Both guidance branches run on every rank. The blocks run unchunked."""
+
+    name = "sp"
+
+    def __init__(self, group=None, device=None):
+        import torch.distributed as dist
+        init_from_env(device)
+        self.world = _world(group)
+        if self.world < 2:
+            raise ValueError(f"parallel='sp' splits each step's tokens over the ranks, but the world size is "
+                             f"{self.world}: launch with torchrun --nproc-per-node P (P divides the kv heads)")
+        self.dist, self.group = dist, group
+        self.rank = dist.get_rank(group)
+        self.sizes: list[int] = []
+
+    def check(self, batch: int, cfg=None) -> None:
+        if cfg is not None and (cfg.num_kv_heads % self.world or cfg.num_heads % self.world):
+            raise ValueError(f"parallel='sp' shards the attention heads: {cfg.num_heads} query / {cfg.num_kv_heads}"
+                             f" kv heads do not divide over {self.world} ranks")
+
+    def new_cache(self, model, max_len: int, batch: int):
+        from .model.cache import KVCache
+        c = model.cfg
+        inner = KVCache(c.depth, batch, max_len, c.num_kv_heads // self.world, c.head_dim, dtype=model.block_dtype,
+                        device=model.device)
+        return HeadShardedCache(inner, self)
+
+    # -- the two all-to-alls ---------------------------------------------------------------------------------------
+    def tokens_to_heads(self, x):
+        """[B, n_rank, H, D] (this rank's tokens, all heads) -> [B, N, H/P, D] (all tokens, this rank's heads)."""
+        P, B, n, H, D = self.world, x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+        hp = H // P
+        send = x.reshape(B, n, P, hp, D).permute(2, 0, 1, 3, 4).contiguous().reshape(-1)
+        recv = x.new_empty(B * sum(self.sizes) * hp * D)
+        self.dist.all_to_all_single(recv, send, output_split_sizes=[B * m * hp * D for m in self.sizes],
+                                    input_split_sizes=[B * n * hp * D] * P, group=self.group)
+        parts = recv.split([B * m * hp * D for m in self.sizes])
+        return torch.cat([t.view(B, m, hp, D) for t, m in zip(parts, self.sizes)], dim=1)
+
+    def heads_to_tokens(self, o):
+        """[B, N, H/P, D] -> [B, n_rank, H, D]."""
+        P, B, hp, D = self.world, o.shape[0], o.shape[2], o.shape[3]
+        n = self.sizes[self.rank]
+        send = torch.cat([t.reshape(-1) for t in o.split(self.sizes, dim=1)])
+        recv = o.new_empty(P * B * n * hp * D)
+        self.dist.all_to_all_single(recv, send, output_split_sizes=[B * n * hp * D] * P,
+                                    input_split_sizes=[B * m * hp * D for m in self.sizes], group=self.group)
+        return recv.view(P, B, n, hp, D).permute(1, 2, 0, 3, 4).reshape(B, n, P * hp, D)
+
+    def commit_ref(self, cache, branches: int) -> None:
+        cache.commit_ref(branches)
+
+    def forward_blocks(self, model, x_BNC, cos, sin, cache, layer_outputs=None, layers=None):
+        """What ``model.forward_blocks`` returns in one process, [B, N, C], on every rank."""
+        from .model.attention import BACKENDS
+        B, N, C = x_BNC.shape
+        P = self.world
+        self.sizes = [N // P + (1 if i < N % P else 0) for i in range(P)]
+        a = sum(self.sizes[:self.rank])
+        n = self.sizes[self.rank]
+        base = BACKENDS[model.attn_backend]
+
+        def attn(q, k_all, v_all):
+            return self.heads_to_tokens(base(self.tokens_to_heads(q), k_all, v_all))
+        x = x_BNC[:, a:a + n].to(model.block_dtype)
+        c, s = cos[a:a + n], sin[a:a + n]
+        for i in (layers if layers is not None else range(len(model.layers))):
+            x = model.layers[i](x, c, s, cache, i, attn)
+            if layer_outputs is not None:
+                layer_outputs.append(x)        # this rank's tokens
+        m = max(self.sizes)
+        pad = torch.zeros(B, m, C, dtype=x.dtype, device=x.device)
+        pad[:, :n] = x
+        parts = [torch.empty_like(pad) for _ in range(P)]
+        self.dist.all_gather(parts, pad, group=self.group)
+        return torch.cat([t[:, :k] for t, k in zip(parts, self.sizes)], dim=1)

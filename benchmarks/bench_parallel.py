@@ -1,11 +1,13 @@
 """Scale-out timings on several GPUs of one host (run under torchrun; see benchmarks/device_parallel.sh).
 
-    torchrun --nproc-per-node N benchmarks/bench_parallel.py --mode cfg   --res 720p --methods dense,faststar:balanced
+    torchrun --nproc-per-node 2 benchmarks/bench_parallel.py --mode cfg --res 720p --methods dense,faststar:balanced
+    torchrun --nproc-per-node 8 benchmarks/bench_parallel.py --mode sp  --res 720p --methods dense,faststar:balanced
     torchrun --nproc-per-node N benchmarks/bench_parallel.py --mode batch --res 720p --videos 16
 
 The full-size transformer with random weights on every rank (as ``faststar bench``). In one run: first the
 one-GPU baseline on rank 0 (the other ranks wait at a barrier), then the parallel layout on all ranks, each after a
-warm-up. ``cfg``: one video per method, guidance-parallel on 2 ranks (--nproc-per-node 2). ``batch``: ``--videos``
+warm-up. ``cfg`` / ``sp``: one video per method with ``parallel=`` that layout (cfg: 2 ranks; sp: P ranks,
+P dividing the kv heads). ``batch``: ``--videos``
 generations (different seeds) split by index over the ranks, against the same count on one GPU; throughput =
 videos / wall time. Rank 0 writes ``--out`` (JSON) and prints the speedups.
 """
@@ -35,7 +37,7 @@ def timed(fn) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--mode", choices=["cfg", "batch"], required=True)
+    p.add_argument("--mode", choices=["cfg", "sp", "batch"], required=True)
     p.add_argument("--res", default="720p")
     p.add_argument("--duration", type=int, default=5)
     p.add_argument("--methods", default="dense,faststar:balanced")
@@ -57,15 +59,15 @@ def main() -> None:
     def acc(m):
         return None if m == "dense" else make_accelerator(m)
     for m in a.methods.split(","):
-        if a.mode == "cfg":
+        if a.mode in ("cfg", "sp"):
             one = None
             if rank == 0:
                 generate(model, sched, text, seed=0, accelerator=acc(m))                       # warm-up
                 one = timed(lambda: generate(model, sched, text, seed=0, accelerator=acc(m)))
             dist.barrier()
-            generate(model, sched, text, seed=0, accelerator=acc(m), parallel="cfg")           # warm-up
+            generate(model, sched, text, seed=0, accelerator=acc(m), parallel=a.mode)          # warm-up
             dist.barrier()
-            par = timed(lambda: generate(model, sched, text, seed=0, accelerator=acc(m), parallel="cfg"))
+            par = timed(lambda: generate(model, sched, text, seed=0, accelerator=acc(m), parallel=a.mode))
             row = dict(method=m, one_gpu_s=one, parallel_s=par)
         else:
             one = None

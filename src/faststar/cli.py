@@ -255,7 +255,8 @@ def build_parser(model_dir=None, describe_sizes: bool = True) -> argparse.Argume
     g.add_argument("--preset", default=None, help="accelerator preset, e.g. quality, balanced, fast-hq, fast, paper")
     g.add_argument("--save-masks", action="store_true", help="also write a video of the pruning masks")
     g.add_argument("--parallel", default=None,
-                   help="split one video over torchrun ranks: cfg = the two guidance branches on 2 ranks")
+                   help="split one video over torchrun ranks: cfg = the two guidance branches on 2 ranks, "
+                        "sp = each step's tokens over P ranks (Ulysses; P divides the kv heads, 8 for the 8B)")
     g.add_argument("--quiet", action="store_true", help="no progress bars (the loaders' included)")
     g.set_defaults(fn=_cmd_generate)
 

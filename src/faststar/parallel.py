@@ -12,8 +12,12 @@ branch exists, so rank 1 idles and receives rank 0's output by broadcast: runnin
 would only repeat rank 0's work, and the unconditional branch has nothing to do. When such a step is a reference
 (later scales attend to its K/V), rank 0 also broadcasts the step's K/V, which one process copies into its
 unconditional row (``KVCache.commit_ref`` reuses row 0's reference): rank 1 could not compute them itself, its
-cache holds the unconditional text prefix. Giving the idle rank sequence-parallel work instead needs ``sp``, which
-is not built yet.
+cache holds the unconditional text prefix. Giving the idle rank sequence-parallel work instead is ``cfg+sp``, not
+built yet.
+
+``parallel="sp"`` (sequence-parallel, Ulysses, P ranks, P dividing the kv heads): see ``SequenceParallel``. Both
+layouts exchange only outside the model file: a layout's ``forward_blocks`` stands in for the model's, and the loop
+calls the layout's ``new_cache`` / ``commit_ref``.
 
 The layer outputs that observers ask for are the rank's own branch (rank 0: the conditional one, as golden records).
 """

@@ -46,6 +46,11 @@ def _torchrun(folder, prompts, out_dir, n=2, **popen):
                             **popen)
 
 
+def _finished(d: Path) -> list[str]:
+    """The outputs under their final names (a killed run may leave temporary .NNNNN.*.tmp.mp4 files)."""
+    return sorted(x.stem for x in d.glob("[0-9][0-9][0-9][0-9][0-9].mp4"))
+
+
 def _descendants(pid: int) -> list[int]:
     """The processes below ``pid`` (torchrun starts its ranks in sessions of their own)."""
     kids = []
@@ -82,15 +87,15 @@ def test_two_ranks_write_each_output_once_equal_to_one_process_and_resume_after_
     out = root / "ranks"
     p = _torchrun(folder, prompts, out)
     deadline = time.time() + 120
-    while not list(out.glob("*.mp4")) and time.time() < deadline and p.poll() is None:
+    while not _finished(out) and time.time() < deadline and p.poll() is None:
         time.sleep(0.05)
     for pid in _descendants(p.pid) + [p.pid]:        # kill both ranks (their own sessions) and torchrun
         os.kill(pid, signal.SIGKILL)
     p.wait()
     time.sleep(0.5)
-    first = sorted(x.stem for x in out.glob("*.mp4"))
+    first = _finished(out)
     assert first and len(first) < len(JOBS), first
-    assert not [x for x in out.glob("*.mp4") if x.stat().st_size == 0]
+    assert not [x for x in out.glob("[0-9]*.mp4") if x.stat().st_size == 0]
     p = _torchrun(folder, prompts, out)
     log, _ = p.communicate(timeout=300)
     assert p.returncode == 0, log

@@ -139,6 +139,9 @@ def run_batch(prompts: str | Path, out_dir: str | Path, *, load_pipe, device: st
     rank, world, local_rank = dist_env()
     mine = rank_share(jobs, rank, world)
     todo = pending(mine, out_dir)
+    for job in todo:                                # a killed run's temporary files (only this rank writes them)
+        for stale in out_dir.glob(f".{job.stem}.*"):
+            stale.unlink(missing_ok=True)
     dev = rank_device(device, local_rank)
     group = _init_group(world, dev)
     done = 0

@@ -73,6 +73,9 @@ def test_apply_remove_reversible_and_idempotent():
     assert check_method_specs([" dense", "faststar:paper "]) == ["dense", "faststar:paper"]
     with pytest.raises(ValueError, match="method 'faststar:nope'"):
         check_method_specs(["faststar:nope"])
+    # a bad knob value names the knob (eval and bench check their method lists through this before loading)
+    with pytest.raises(ValueError, match=r"^method 'faststar:balanced\+anchors=abc': knob anchors=abc: "):
+        check_method_specs(["dense", "faststar:balanced+anchors=abc"])
 
 
 def test_spec_from_record_rebuilds_every_preset_exactly():

@@ -1,11 +1,12 @@
 """Typed model configuration and named presets.
 
 A preset is a plain dict entry; derived sizes are computed once in ``__post_init__`` (gpt-fast habit).
-Nothing here knows about files or argparse.
+Nothing here reads files or knows argparse (the release's folder names are at the end).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 
 @dataclass
@@ -70,3 +71,9 @@ def transformer_config(name: str, **overrides) -> TransformerConfig:
     d = dict(TRANSFORMER_PRESETS[name])
     d.update(overrides)
     return TransformerConfig(name=name, **d)
+
+
+# the release's folder layout (FoundationVision/InfinityStar): one transformer folder per resolution, the VAE, T5
+OFFICIAL_TRANSFORMER_DIRS = {"720p": "infinitystar_8b_720p_weights", "480p": "infinitystar_8b_480p_weights"}
+OFFICIAL_VAE = "infinitystar_videovae.pth"
+OFFICIAL_T5 = Path("text_encoder") / "flan-t5-xl-official"

@@ -15,7 +15,7 @@ import os
 import re
 from pathlib import Path
 
-from .pipeline import OFFICIAL_T5 as _T5_PATH, OFFICIAL_TRANSFORMER_DIRS, OFFICIAL_VAE
+from .config import OFFICIAL_T5 as _T5_PATH, OFFICIAL_TRANSFORMER_DIRS, OFFICIAL_VAE
 
 OFFICIAL_T5 = _T5_PATH.as_posix()
 T5_FILES = ("config.json", "spiece.model", "model.safetensors.index.json")

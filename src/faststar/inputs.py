@@ -265,22 +265,8 @@ def build_accelerator(spec, preset):
 
 
 def _knob_message(spec: str, preset, err: Exception) -> str:
-    """The error of a method string, naming the knob whose value failed where the error itself does not."""
-    from . import accel
-    msg = " ".join(str(err).split())
-    try:
-        method, named, knobs = accel.parse_method_spec(spec) if (":" in spec or "+" in spec) else (spec, None, {})
-    except ValueError:
-        return msg
-    if not knobs or any(re.search(rf"\b{re.escape(k)}\b", msg) for k in knobs):
-        return msg
-    raw = dict(part.partition("=")[::2] for part in spec.split("+")[1:])
-    for k, v in knobs.items():
-        try:
-            accel.make_accelerator(method, named if named is not None else preset, **{k: v})
-        except (ValueError, TypeError) as e:
-            return f"knob {_show(k)}={_show(raw.get(k, v))}: {' '.join(str(e).split())}"
-    return msg
+    from .accel.methods import explain_spec_error
+    return explain_spec_error(spec, preset, err)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -26,9 +26,7 @@ from .schedule import SUPPORTED_DURATIONS, Schedule, build_schedule, official_sc
 from .vae.quant import area_down, multiscale_quantize
 
 TESTBED_DIR = Path(__file__).resolve().parent / "testbed" / "weights"
-OFFICIAL_TRANSFORMER_DIRS = {"720p": "infinitystar_8b_720p_weights", "480p": "infinitystar_8b_480p_weights"}
-OFFICIAL_VAE = "infinitystar_videovae.pth"
-OFFICIAL_T5 = Path("text_encoder") / "flan-t5-xl-official"
+from .config import OFFICIAL_T5, OFFICIAL_TRANSFORMER_DIRS, OFFICIAL_VAE  # noqa: F401  (the release layout)
 
 
 @dataclass

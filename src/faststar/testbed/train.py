@@ -395,6 +395,23 @@ def calibrate_scale(vae: VideoVAE, frames: Frames, schedule, length: int, n: int
 
 
 @torch.no_grad()
+def photo_psnr(vae, images, schedule) -> dict:
+    """Reconstruction PSNR of photo crops (uint8 [N, H, W, 3], at the model's size) as one-frame videos: plain and
+    through the multi-scale quantizer of the schedule's first clip (what image-to-video teacher-forces)."""
+    dev = vae.proj_down.weight.device
+    sub = schedule.first_clips(1)
+    rows = []
+    for im in images:
+        im = torch.as_tensor(im)
+        x = (im.permute(2, 0, 1).float() / 127.5 - 1)[None, :, None].to(dev)
+        z = vae.encode(x)
+        rows.append(dict(psnr=psnr(vae.decode(z), x), psnr_quantized=psnr(vae.decode(quantize_batch(z, sub)), x)))
+    return dict(photos=len(rows), psnr=float(np.mean([r["psnr"] for r in rows])) if rows else None,
+                psnr_quantized=float(np.mean([r["psnr_quantized"] for r in rows])) if rows else None,
+                per_photo=rows)
+
+
+@torch.no_grad()
 def vae_val_psnr(vae: VideoVAE, frames: Frames, schedule, length: int, n: int = 4) -> dict:
     """Reconstruction PSNR (plain and through the multi-scale quantizer) of up to n windows, with the engine's
     chunked inference encode/decode."""
@@ -595,7 +612,6 @@ def _vae_val(vae, val, val_photos, schedule, length, args, log: Log):
         log.data["vae_val"] = v
         log.event(f"VAE held-out PSNR {v['psnr']:.2f} dB, through the quantizer {v['psnr_quantized']:.2f} dB", **v)
     if val_photos is not None and len(val_photos):
-        from .evaluate import photo_psnr
         v = photo_psnr(vae, val_photos.images, schedule)
         log.data["vae_val_photos"] = v
         log.event(f"VAE held-out photo PSNR {v['psnr']:.2f} dB, through the quantizer {v['psnr_quantized']:.2f} dB",
@@ -1080,6 +1096,7 @@ def _portable_log(args, log: Log) -> None:
     if args.portable:
         Path(args.portable).mkdir(parents=True, exist_ok=True)
         (Path(args.portable) / "train_log.json").write_text(json.dumps(log.data, indent=1))
+
 
 
 def main(argv=None) -> dict:

@@ -445,7 +445,7 @@ def lean_decode_plan(num_latent: int, chunk: int = 1) -> list[int]:
     return [1] + [chunk] * (rest // chunk) + ([rest % chunk] if rest % chunk else [])
 
 
-# latent frames per decoder chunk on a GPU: 1.06x faster than 2 at 720p on an H200 (RESULTS section 10)
+# latent frames per decoder chunk on a GPU: 1.06x faster than 2 at 720p on an H200 (benchmarks/notebook, section 10)
 GPU_DECODE_CHUNK = 4
 
 
@@ -592,7 +592,7 @@ class VideoVAE(nn.Module):
     def half_decoder_(self, dtype: torch.dtype = torch.bfloat16) -> "VideoVAE":
         """Inference on a GPU: the decoder's weights in ``dtype`` (the latent projection stays fp32; ``decode``
         casts its output for the decoder). On an H200 at 720p: 1.14x faster than fp32 weights under bf16 autocast,
-        half the peak memory, uint8 PSNR 51 dB against it (benchmarks/RESULTS.md section 10)."""
+        half the peak memory, uint8 PSNR 51 dB against it (benchmarks/notebook, section 10)."""
         self.decoder.to(dtype)
         return self
 

@@ -16,7 +16,9 @@ encoder's device. The transformer uses them as its text prefix.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -54,6 +56,22 @@ def _resolve_device(device) -> torch.device:
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+@contextlib.contextmanager
+def _quiet_optional_kernels():
+    """transformers imports torchao (when installed, for FP8) while it loads a model; torchao then logs one warning
+    per optional CUDA kernel library this build lacks, and torch a deprecation of torchao's: noise for a run that
+    asked for no FP8. Only those two loggers, only during the load."""
+    loggers = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
 
 
 def _dtype_kwargs(dtype: torch.dtype) -> dict:
@@ -156,7 +174,8 @@ class T5TextEncoder(_TokenStateEncoder):
         device = _resolve_device(device)
         dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(str(folder), legacy=True, local_files_only=True)
-        model = T5EncoderModel.from_pretrained(str(folder), local_files_only=True, **_dtype_kwargs(dtype))
+        with _quiet_optional_kernels():
+            model = T5EncoderModel.from_pretrained(str(folder), local_files_only=True, **_dtype_kwargs(dtype))
         return cls(model.to(device), tokenizer, max_length=max_length)
 
     def _padding(self) -> str:
@@ -198,7 +217,8 @@ class MiniLMTextEncoder(_TokenStateEncoder):
         from transformers import AutoModel, AutoTokenizer
         folder = Path(folder) if folder is not None else minilm_folder()
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        model = AutoModel.from_pretrained(str(folder), local_files_only=True, **_dtype_kwargs(dtype))
+        with _quiet_optional_kernels():
+            model = AutoModel.from_pretrained(str(folder), local_files_only=True, **_dtype_kwargs(dtype))
         return cls(model.to(_resolve_device(device)), tokenizer, max_length=max_length)
 
 

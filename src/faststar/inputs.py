@@ -279,6 +279,24 @@ class GenerateInputs:
     accelerator: object = None
 
 
+def check_precision_and_budget(precision: str, max_memory, device) -> None:
+    """``--precision fp8`` where FP8 cannot run and ``--max-memory`` without a GPU fail before the model loads, with
+    the library's own message (``faststar.precision`` / ``faststar.memory``)."""
+    import torch
+    from .memory import BudgetError, device_budget_check, parse_size
+    from .precision import PrecisionError, check_fp8
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device in (None, "auto") else \
+        torch.device(device)
+    try:
+        if precision == "fp8":
+            check_fp8(dev)
+        if max_memory is not None:
+            parse_size(max_memory)
+            device_budget_check(dev, max_memory)
+    except (PrecisionError, BudgetError, ValueError) as e:
+        raise UserError(" ".join(str(e).split())) from None
+
+
 def check_generate_inputs(a) -> GenerateInputs:
     """Every check of ``faststar generate`` that needs no weights; raises one UserError naming the flag."""
     from .io import check_video_path
@@ -301,6 +319,7 @@ def check_generate_inputs(a) -> GenerateInputs:
     check_device(a.device)
     check_dtype(a.dtype)
     check_attention(a.attention, a.device)
+    check_precision_and_budget(getattr(a, "precision", "bf16"), getattr(a, "max_memory", None), a.device)
     check_text_encoder(a.text_encoder)
     acc = build_accelerator(a.accel, a.preset)
     if a.save_masks and acc is None:
